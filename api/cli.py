@@ -1,0 +1,59 @@
+"""`ledger` console script: operator commands that need no HTTP."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import click
+
+from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.config import Settings
+from ledger_core.service_layer.access import Scope, add_custom_currency, create_api_key
+
+
+def _uow_factory():  # type: ignore[no-untyped-def]
+    return partial(SqlUnitOfWork, make_engine(Settings()))
+
+
+@click.group()
+def main() -> None:
+    """Operate the ledger. Reads DATABASE_URL."""
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """Manage API keys."""
+
+
+@api_keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in Scope]),
+    default=Scope.READ.value,
+    show_default=True,
+)
+def api_keys_create(name: str, scope: str) -> None:
+    """Create a key and print it, alone, on stdout. It is not shown again."""
+    key_id, secret = create_api_key(_uow_factory(), name=name, scope=Scope(scope))
+    click.echo(f"created {key_id} ({scope}) for {name!r}", err=True)
+    click.echo(secret)
+
+
+@main.group("currencies")
+def currencies() -> None:
+    """Manage custom units (ISO 4217 currencies are built in)."""
+
+
+@currencies.command("add")
+@click.argument("code")
+@click.option("--exponent", type=int, required=True, help="Digits of the minor unit.")
+def currencies_add(code: str, exponent: int) -> None:
+    """Add a custom unit, for example `GOLD --exponent 0`."""
+    failure = add_custom_currency(_uow_factory(), code=code, exponent=exponent)
+    if failure is not None:
+        click.echo(f"error: {failure.code}: {failure.detail}", err=True)
+        sys.exit(1)
+    click.echo(f"added {code} (exponent {exponent})", err=True)

@@ -1,0 +1,182 @@
+"""Declare an API operation once: the declaration authenticates, validates and documents.
+
+`operation(...)` registers a Flask view, checks the bearer key and its scope, reads and
+validates the JSON body against a pydantic model, checks the Idempotency-Key header,
+and records everything /openapi.json needs, so the docs cannot drift from the checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, current_app, g, request
+from pydantic import BaseModel, ValidationError
+
+from api.problems import ApiProblem
+from ledger_core.domain import limits
+from ledger_core.service_layer.access import Scope, authenticate, scope_allows
+from ledger_core.service_layer.idempotency import request_fingerprint
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(rf"^[\x20-\x7e]{{1,{limits.idempotency_key_length_max}}}$")
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    scope: Scope | None
+    body: type[BaseModel] | None
+    responses: dict[int, type[BaseModel] | None]
+    idempotency: str  # "required", "optional" or "none"
+    query: dict[str, str] = field(default_factory=dict)
+    tag: str = "ledger"
+
+
+REGISTRY: list[Operation] = []
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a view receives once the request passed the shell's checks."""
+
+    api_key_id: str | None
+    body: Any
+    idempotency_key: str | None
+    request_hash: str
+
+
+def _authenticate(required: Scope) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiProblem(
+            "unauthorized",
+            "Send an API key as `Authorization: Bearer <key>`.",
+            headers={"WWW-Authenticate": 'Bearer realm="ledger"'},
+        )
+    found = authenticate(current_app.extensions["ledger"].uow_factory, secret.strip())
+    if found is None:
+        raise ApiProblem(
+            "unauthorized",
+            "The API key is unknown or revoked.",
+            headers={"WWW-Authenticate": 'Bearer realm="ledger", error="invalid_token"'},
+        )
+    key_id, scope = found
+    g.api_key_id = key_id
+    if not scope_allows(scope, required):
+        raise ApiProblem("forbidden", f"This operation needs the `{required}` scope.")
+    return key_id
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _read_json() -> Any:
+    content_type = request.mimetype
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiProblem("unsupported_media_type", "Send the body as application/json.")
+    raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from Werkzeug
+    try:
+        return json.loads(raw or b"null", parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiProblem("malformed_json", f"The body is not valid JSON: {error}") from error
+
+
+def _validation_problem(error: ValidationError) -> ApiProblem:
+    errors = [
+        {
+            "field": ".".join(str(part) for part in item["loc"]),
+            "message": item["msg"],
+            "type": item["type"],
+        }
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    code = "invalid_amount" if any(e["field"] == "amount" for e in errors) else "validation_error"
+    detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+    return ApiProblem(code, detail, errors=errors)
+
+
+def _idempotency_key(mode: str) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        if mode == "required":
+            raise ApiProblem(
+                "idempotency_key_missing",
+                "Send an Idempotency-Key header so that a retry cannot move money twice.",
+            )
+        return None
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise ApiProblem(
+            "idempotency_key_invalid",
+            f"Idempotency-Key must be 1 to {limits.idempotency_key_length_max}"
+            " printable ASCII characters.",
+        )
+    return key
+
+
+def operation(
+    blueprint: Blueprint,
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    scope: Scope | None,
+    responses: dict[int, type[BaseModel] | None],
+    body: type[BaseModel] | None = None,
+    idempotency: str = "none",
+    query: dict[str, str] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a view; see the module docstring. `path` uses OpenAPI `{name}` syntax."""
+    flask_rule = re.sub(r"{(\w+)}", r"<\1>", path)
+    REGISTRY.append(
+        Operation(
+            method,
+            path,
+            summary,
+            scope,
+            body,
+            responses,
+            idempotency,
+            query or {},
+            tag=blueprint.name,
+        )
+    )
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(**path_params: str) -> Any:
+            api_key_id = _authenticate(scope) if scope is not None else None
+            parsed: Any = None
+            request_hash = ""
+            key: str | None = None
+            if body is not None:
+                raw = _read_json()
+                key = _idempotency_key(idempotency)
+                try:
+                    parsed = body.model_validate(raw)
+                except ValidationError as error:
+                    raise _validation_problem(error) from error
+                request_hash = request_fingerprint(method, request.path, raw)
+            call = Call(api_key_id, parsed, key, request_hash)
+            return view(call, **path_params)
+
+        blueprint.add_url_rule(flask_rule, view.__name__, wrapper, methods=[method])
+        return wrapper
+
+    return decorate
+
+
+def page_limit() -> int:
+    raw = request.args.get("limit", str(limits.page_size_default))
+    if not raw.isdigit() or not 1 <= int(raw) <= limits.page_size_max:
+        raise ApiProblem(
+            "invalid_query", f"limit must be an integer from 1 to {limits.page_size_max}."
+        )
+    return int(raw)

@@ -1,0 +1,32 @@
+"""Map use-case results to HTTP responses, the same way for every route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+from api.problems import problem_response
+from ledger_core.service_layer.errors import Failure
+from ledger_core.service_layer.errors import Response as ServiceResponse
+from ledger_core.service_layer.pagination import Page
+
+
+def to_http(result: ServiceResponse | Failure | Page | dict[str, Any]) -> Response:
+    if isinstance(result, Failure):
+        extra: dict[str, Any] = {}
+        retry_after = result.extra.get("retry_after_seconds")
+        if retry_after is not None:
+            extra["headers"] = {"Retry-After": str(retry_after)}
+        return problem_response(result.code, result.detail, **extra)
+    if isinstance(result, Page):
+        return jsonify(result.to_json())
+    if isinstance(result, ServiceResponse):
+        response = jsonify(result.body)
+        response.status_code = result.status_code
+        if result.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        if result.body.get("object") == "transfer":
+            response.headers["Location"] = f"/v1/transfers/{result.body['id']}"
+        return response
+    return jsonify(result)

@@ -1,0 +1,44 @@
+"""Builds the adapters one API process uses, once, from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import redis
+from sqlalchemy import Engine
+
+from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.redis_cache import RedisIdempotencyCache, make_redis
+from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.config import Settings
+from ledger_core.service_layer.ports import EnqueuePosting, UnitOfWorkFactory
+from workers.celery_app import POST_TRANSFER_TASK, TRANSFERS_QUEUE, make_celery
+
+
+@dataclass
+class LedgerServices:
+    engine: Engine
+    redis: redis.Redis
+    uow_factory: UnitOfWorkFactory
+    cache: RedisIdempotencyCache
+    enqueue: EnqueuePosting
+
+
+def build_services(settings: Settings, broker_url: str | None = None) -> LedgerServices:
+    engine = make_engine(settings)
+    redis_client = make_redis(
+        settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds
+    )
+    celery = make_celery(broker_url or settings.redis_url)
+
+    def enqueue(transfer_id: str) -> None:
+        celery.send_task(POST_TRANSFER_TASK, args=[transfer_id], queue=TRANSFERS_QUEUE)
+
+    return LedgerServices(
+        engine=engine,
+        redis=redis_client,
+        uow_factory=partial(SqlUnitOfWork, engine),
+        cache=RedisIdempotencyCache(redis_client),
+        enqueue=enqueue,
+    )

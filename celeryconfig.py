@@ -1,0 +1,75 @@
+"""Celery settings, all explicit. Values a deployment changes come from the environment.
+
+Why each matters for money:
+- acks late + reject on worker lost: a task is removed from the queue only after it ran,
+  so a crashed worker's task is delivered again (posting is idempotent, so that is safe);
+- prefetch 1: a worker holds one unacknowledged task per process, not a batch it may lose;
+- time limits well below the visibility timeout: Redis redelivers an unacknowledged task
+  after the visibility timeout, so a task must be long finished (or killed) by then.
+"""
+
+import os
+
+from ledger_core.config import redis_url_from_env
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or redis_url_from_env()
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 4
+broker_transport_options = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_SECONDS", "300")),
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+}
+# The API must answer fast even when the broker is down: give up publishing quickly and
+# let the sweeper re-enqueue the committed transfer.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+# No results are read: the database holds every outcome.
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+# A task that raised is not requeued blindly; each task decides its retries.
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT_SECONDS", "50"))
+task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT_SECONDS", "60"))
+# Recycle processes now and then so that a slow leak cannot grow without bound.
+worker_max_tasks_per_child = 10_000
+
+task_default_queue = "transfers"
+task_routes = {
+    "ledger.post_transfer": {"queue": "transfers"},
+    "ledger.sweep_pending_transfers": {"queue": "transfers"},
+    "ledger.prune_idempotency_keys": {"queue": "transfers"},
+}
+
+# Flower shows tasks only when workers send events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+timezone = "UTC"
+enable_utc = True
+beat_schedule = {
+    "sweep-pending-transfers": {
+        "task": "ledger.sweep_pending_transfers",
+        "schedule": float(os.environ.get("SWEEPER_INTERVAL_SECONDS", "10")),
+        # A sweep that could not run in time is useless later: the next one covers it.
+        "options": {"expires": 30},
+    },
+    "prune-idempotency-keys": {
+        "task": "ledger.prune_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"expires": 600},
+    },
+}

@@ -1,0 +1,157 @@
+"""The schema, as SQLAlchemy Core tables. Migrations create it; `alembic check` keeps them equal.
+
+Each invariant the domain relies on has a constraint here too, so a bug in code cannot
+write books that do not balance.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _created_at() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+custom_currencies = Table(
+    "custom_currencies",
+    metadata,
+    Column("code", Text, primary_key=True),
+    Column("exponent", SmallInteger, nullable=False),
+    _created_at(),
+    CheckConstraint("exponent BETWEEN 0 AND 18", name="exponent_range"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    # SHA-256 of the secret: keys are high-entropy random tokens, so a fast hash is enough.
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    _created_at(),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope_known"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("currency", Text, nullable=False),
+    Column("name", Text),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("allow_overdraft", Boolean, nullable=False, server_default=text("false")),
+    Column("is_system", Boolean, nullable=False, server_default=text("false")),
+    Column("balance", BigInteger, nullable=False, server_default=text("0")),
+    _created_at(),
+    CheckConstraint("allow_overdraft OR balance >= 0", name="no_overdraft"),
+    CheckConstraint("NOT is_system OR allow_overdraft", name="system_may_go_negative"),
+    Index(
+        "uq_accounts_system_currency",
+        "currency",
+        unique=True,
+        postgresql_where=text("is_system"),
+    ),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("rejection_reason", Text),
+    Column("source_account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    Column("destination_account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("description", Text),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("api_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    _created_at(),
+    Column("posted_at", DateTime(timezone=True)),
+    Column("finalized_at", DateTime(timezone=True)),
+    CheckConstraint("kind IN ('deposit', 'withdrawal', 'transfer')", name="kind_known"),
+    CheckConstraint("status IN ('pending', 'posted', 'rejected')", name="status_known"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("source_account_id <> destination_account_id", name="distinct_accounts"),
+    CheckConstraint(
+        "(status = 'rejected') = (rejection_reason IS NOT NULL)", name="reason_iff_rejected"
+    ),
+    CheckConstraint("(status = 'posted') = (posted_at IS NOT NULL)", name="posted_at_iff_posted"),
+    CheckConstraint("(status = 'pending') = (finalized_at IS NULL)", name="finalized_at_iff_final"),
+    # The sweeper and the pending balances read only PENDING rows: keep those indexes small.
+    Index(
+        "ix_transfers_pending_created_at",
+        "created_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_transfers_pending_source",
+        "source_account_id",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_transfers_pending_destination",
+        "destination_account_id",
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("transfer_id", Text, ForeignKey("transfers.id"), nullable=False),
+    Column("account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    _created_at(),
+    CheckConstraint("amount <> 0", name="amount_nonzero"),
+    # A transfer touches an account once: a second posting of it cannot insert its entries.
+    UniqueConstraint("transfer_id", "account_id"),
+    Index("ix_entries_account_id_id", "account_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("api_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response_body", JSONB, nullable=False),
+    _created_at(),
+    PrimaryKeyConstraint("api_key_id", "key"),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)

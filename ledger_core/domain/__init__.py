@@ -1,0 +1,1 @@
+"""Pure domain: money, currencies, transfers and the posting rules. Standard library only."""

@@ -1,0 +1,100 @@
+"""What the ledger stores and shows: accounts, transfers and entries as read back,
+and the one JSON representation of each that the API and webhooks both use."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    id: str
+    currency: str
+    name: str | None
+    metadata: dict[str, str]
+    allow_overdraft: bool
+    is_system: bool
+    posted: int
+    # Sums of the amounts of PENDING transfers into and out of the account.
+    pending_in: int
+    pending_out: int
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "account",
+            "currency": self.currency,
+            "name": self.name,
+            "metadata": self.metadata,
+            "allow_overdraft": self.allow_overdraft,
+            "is_system": self.is_system,
+            "balance": {
+                "posted": self.posted,
+                # Net effect of transfers accepted but not yet posted.
+                "pending": self.pending_in - self.pending_out,
+                # What may be spent now: incoming money counts once posted, outgoing at once.
+                "available": self.posted - self.pending_out,
+            },
+            "created_at": iso_utc(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    id: str
+    kind: str
+    status: str
+    rejection_reason: str | None
+    source_account_id: str
+    destination_account_id: str
+    amount: int
+    currency: str
+    description: str | None
+    metadata: dict[str, str]
+    created_at: datetime | None
+    posted_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "transfer",
+            "kind": self.kind,
+            "status": self.status,
+            "rejection_reason": self.rejection_reason,
+            "source_account_id": self.source_account_id,
+            "destination_account_id": self.destination_account_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "description": self.description,
+            "metadata": self.metadata,
+            "created_at": iso_utc(self.created_at),
+            "posted_at": iso_utc(self.posted_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    id: int
+    transfer_id: str
+    account_id: str
+    amount: int
+    balance_after: int
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": f"ent_{self.id}",
+            "object": "entry",
+            "transfer_id": self.transfer_id,
+            "account_id": self.account_id,
+            "amount": self.amount,
+            "balance_after": self.balance_after,
+            "created_at": iso_utc(self.created_at),
+        }

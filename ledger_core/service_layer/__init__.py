@@ -1,0 +1,1 @@
+"""Use cases. Each opens one unit of work, calls the domain, and commits or not."""

@@ -1,0 +1,20 @@
+"""Expected failures of the use cases: values with a machine-readable code."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    code: str
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response to send, possibly replayed from an earlier request with the same key."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False

@@ -1,0 +1,34 @@
+"""Opaque keyset cursors: the client gets a token, never an offset."""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+
+class InvalidCursorError(ValueError):
+    pass
+
+
+def encode_cursor(last_key: str | int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise InvalidCursorError(cursor) from error
+    version, _, key = raw.partition(":")
+    if version != "v1" or not key:
+        raise InvalidCursorError(cursor)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": "list", "data": self.data, "next_cursor": self.next_cursor}

@@ -1,0 +1,25 @@
+"""What the use cases need from the outside world, as protocols the adapters implement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+StoredResponse = tuple[str, int, dict[str, Any]]  # request hash, status code, body
+
+
+class IdempotencyCache(Protocol):
+    """A fast copy of stored idempotent responses. PostgreSQL stays the source of truth,
+    so every method may fail or forget without changing an answer."""
+
+    def get(self, api_key_id: str, key: str) -> StoredResponse | None: ...
+
+    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None: ...
+
+
+# Publishes one posting task. Called only after the transfer's transaction committed.
+EnqueuePosting = Callable[[str], None]
+
+# Opens a unit of work: `with uow_factory() as uow: ...; uow.commit()`.
+UnitOfWorkFactory = Callable[[], AbstractContextManager[Any]]
