@@ -1,0 +1,173 @@
+"""Shared fixtures. Servers start only when a test asks for them, so unit tests need none.
+
+Without DATABASE_URL and REDIS_URL the suite starts an embedded PostgreSQL and Valkey;
+with them set, it uses those servers (a fresh database is created either way).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, text
+
+from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.config import Settings, normalize_database_url
+from ledger_core.service_layer.access import Scope, create_api_key
+from ledger_core.service_layer.reconcile import reconcile
+from tests.support.processes import Process, start_api, start_beat, start_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+# Short enough that the sweeper test waits seconds, long enough that a busy worker's
+# queue is rarely swept (a sweep of a queued transfer is harmless: posting is idempotent).
+TEST_SWEEPER_PENDING_AGE_MIN_SECONDS = 3
+final_wait_timeout_seconds = 90
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(server database URL, Redis URL)."""
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        yield os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
+        return
+    from devstack import start_stack
+
+    stack = start_stack(tmp_path_factory.mktemp("stack"), durable=False)
+    try:
+        yield stack.database_url, stack.redis_url
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: tuple[str, str]) -> Iterator[str]:
+    """A fresh database, migrated to head with the real migrations."""
+    from devstack import create_database
+
+    name = f"ledger_test_{secrets.token_hex(4)}"
+    url = normalize_database_url(create_database(servers[0], name))
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+    yield url
+    admin = servers[0].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: tuple[str, str]) -> str:
+    return servers[1]
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def uow_factory(engine: Engine) -> Any:
+    return partial(SqlUnitOfWork, engine)
+
+
+@pytest.fixture(scope="session")
+def process_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SWEEPER_PENDING_AGE_MIN_SECONDS": str(TEST_SWEEPER_PENDING_AGE_MIN_SECONDS),
+        "SWEEPER_INTERVAL_SECONDS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
+    worker = start_worker(process_env, log_dir, name="transfers", queue="transfers")
+    beat = start_beat(process_env, log_dir)
+    yield worker
+    beat.stop()
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(process_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    process, base_url = start_api(process_env, log_dir)
+    yield base_url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_key(uow_factory: Any) -> str:
+    return create_api_key(uow_factory, name="tests", scope=Scope.ADMIN)[1]
+
+
+@pytest.fixture
+def client(api_url: str, admin_key: str, transfer_worker: Process) -> Iterator[httpx.Client]:
+    """HTTP client of the real API, with a real worker posting behind it."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    with httpx.Client(
+        base_url=api_url,
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=30,
+        limits=limits,
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def app(settings: Settings) -> Any:
+    """An in-process Flask app on the same database, for request-level tests."""
+    from api import create_app
+
+    return create_app({"SETTINGS": settings, "TESTING": True})
+
+
+@pytest.fixture
+def books(uow_factory: Any) -> Iterator[None]:
+    """After the test, the books must balance: checked with the reconciliation queries."""
+    yield
+    violations = {rule: rows for rule, rows in reconcile(uow_factory).items() if rows}
+    assert violations == {}
+
+
+def wait_final(engine: Engine, transfer_ids: list[str]) -> dict[str, str]:
+    """Wait (bounded) until every transfer left PENDING; return id -> status."""
+    deadline = time.monotonic() + final_wait_timeout_seconds
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"),
+                {"ids": transfer_ids},
+            )
+            statuses = {row.id: row.status for row in rows}
+        if len(statuses) == len(set(transfer_ids)) and "pending" not in statuses.values():
+            return statuses
+        time.sleep(0.2)
+    pending = [i for i, s in statuses.items() if s == "pending"]
+    raise AssertionError(f"{len(pending)} transfers still pending: {pending[:5]}")

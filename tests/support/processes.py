@@ -1,0 +1,153 @@
+"""Start and stop the project's real processes (Celery worker, beat, API) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+VENV_BIN = Path(sys.executable).parent
+start_timeout_seconds = 60
+stop_timeout_seconds = 15
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A child process with its log file, stopped by its PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(  # noqa: S603 (argv built from constants above)
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + start_timeout_seconds
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name}: {what} not reached:\n{self.log_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM (graceful), then SIGKILL the whole process group if it lingers."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(stop_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait(stop_timeout_seconds)
+        # Pool children may outlive a killed parent: end whatever is left of the group.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.pid).children(recursive=True)
+
+
+def start_worker(env: dict[str, str], log_dir: Path, *, name: str, queue: str) -> Process:
+    process = Process(
+        name,
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}-{os.getpid()}@127.0.0.1",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        log_dir,
+    )
+    process.wait_until(lambda: " ready." in process.log_text(), "worker ready")
+    return process
+
+
+def start_beat(env: dict[str, str], log_dir: Path) -> Process:
+    return Process(
+        "beat",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers.celery_app",
+            "beat",
+            "--schedule",
+            str(log_dir / "beat-schedule"),
+            "--loglevel",
+            "INFO",
+        ],
+        env,
+        log_dir,
+    )
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    import httpx
+
+    port = free_port()
+    process = Process(
+        "api",
+        [
+            str(VENV_BIN / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "16",
+            "--graceful-timeout",
+            "10",
+            "api:create_app()",
+        ],
+        env,
+        log_dir,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    process.wait_until(healthy, "API healthy")
+    return process, base_url
