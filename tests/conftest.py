@@ -21,6 +21,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
+from api import create_app
+from devstack import create_database, start_stack
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.config import Settings, normalize_database_url
@@ -41,8 +43,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
         yield os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
         return
-    from devstack import start_stack
-
     stack = start_stack(tmp_path_factory.mktemp("stack"), durable=False)
     try:
         yield stack.database_url, stack.redis_url
@@ -53,8 +53,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 @pytest.fixture(scope="session")
 def database_url(servers: tuple[str, str]) -> Iterator[str]:
     """A fresh database, migrated to head with the real migrations."""
-    from devstack import create_database
-
     name = f"ledger_test_{secrets.token_hex(4)}"
     url = normalize_database_url(create_database(servers[0], name))
     config = Config(str(ROOT / "alembic.ini"))
@@ -142,8 +140,6 @@ def client(api_url: str, admin_key: str, transfer_worker: Process) -> Iterator[h
 @pytest.fixture
 def app(settings: Settings) -> Any:
     """An in-process Flask app on the same database, for request-level tests."""
-    from api import create_app
-
     return create_app({"SETTINGS": settings, "TESTING": True})
 
 

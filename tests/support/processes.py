@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 
 VENV_BIN = Path(sys.executable).parent
@@ -31,7 +33,7 @@ class Process:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603 (argv built from constants above)
+        self.popen = subprocess.Popen(
             argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
@@ -62,10 +64,8 @@ class Process:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.popen.wait(stop_timeout_seconds)
         # Pool children may outlive a killed parent: end whatever is left of the group.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()
 
     def children(self) -> list[psutil.Process]:
@@ -119,8 +119,6 @@ def start_beat(env: dict[str, str], log_dir: Path) -> Process:
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
-    import httpx
-
     port = free_port()
     process = Process(
         "api",
