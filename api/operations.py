@@ -84,7 +84,7 @@ def _read_json() -> Any:
         raise ApiProblem("unsupported_media_type", "Send the body as application/json.")
     raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from Werkzeug
     try:
-        return json.loads(raw or b"null", parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiProblem("malformed_json", f"The body is not valid JSON: {error}") from error
 

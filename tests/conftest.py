@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -38,16 +40,20 @@ final_wait_timeout_seconds = 90
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def servers() -> Iterator[tuple[str, str]]:
     """(server database URL, Redis URL)."""
     if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
         yield os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
         return
-    stack = start_stack(tmp_path_factory.mktemp("stack"), durable=False)
+    # Not under tmp_path: pytest resets its root to 0700 at each session start, which would
+    # lock the unprivileged PostgreSQL user out of a stack another session is using.
+    data_dir = Path(tempfile.mkdtemp(prefix="ledger-test-stack-"))
+    stack = start_stack(data_dir, durable=False)
     try:
         yield stack.database_url, stack.redis_url
     finally:
         stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -138,9 +144,13 @@ def client(api_url: str, admin_key: str, transfer_worker: Process) -> Iterator[h
 
 
 @pytest.fixture
-def app(settings: Settings) -> Any:
+def app(settings: Settings) -> Iterator[Any]:
     """An in-process Flask app on the same database, for request-level tests."""
-    return create_app({"SETTINGS": settings, "TESTING": True})
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    yield app
+    services = app.extensions["ledger"]
+    services.engine.dispose()
+    services.redis.close()
 
 
 @pytest.fixture
