@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 
-from ledger_core.service_layer.access import Scope, create_api_key
+from ledger_core.service_layer.access import Scope, authenticate, create_api_key
 
 TABLES = ("accounts", "transfers", "entries", "idempotency_keys", "custom_currencies")
 
@@ -27,7 +27,7 @@ def snapshot(engine: Engine) -> Callable[[], dict[str, int]]:
     def counts() -> dict[str, int]:
         with engine.connect() as connection:
             return {
-                table: connection.scalar(text(f"SELECT count(*) FROM {table}"))  # noqa: S608
+                table: connection.scalar(text(f"SELECT count(*) FROM {table}"))
                 for table in TABLES
             }
 
@@ -59,13 +59,18 @@ def test_unknown_accounts_are_404(web: FlaskClient, usd: list[str], snapshot: An
     for path, body in [
         ("/v1/deposits", {"account_id": "acc_nope", "amount": 1}),
         ("/v1/withdrawals", {"account_id": "acc_nope", "amount": 1}),
-        ("/v1/transfers", {"source_account_id": "acc_nope", "destination_account_id": usd[0],
-                           "amount": 1}),
-        ("/v1/transfers", {"source_account_id": usd[0], "destination_account_id": "acc_nope",
-                           "amount": 1}),
+        (
+            "/v1/transfers",
+            {"source_account_id": "acc_nope", "destination_account_id": usd[0], "amount": 1},
+        ),
+        (
+            "/v1/transfers",
+            {"source_account_id": usd[0], "destination_account_id": "acc_nope", "amount": 1},
+        ),
     ]:
-        assert_problem(web.post(path, json=body, headers=key(path + str(body))), 404,
-                       "account_not_found")
+        assert_problem(
+            web.post(path, json=body, headers=key(path + str(body))), 404, "account_not_found"
+        )
     assert_problem(web.get("/v1/accounts/acc_nope"), 404, "account_not_found")
     assert_problem(web.get("/v1/accounts/acc_nope/entries"), 404, "account_not_found")
     assert_problem(web.get("/v1/transfers/tr_nope"), 404, "transfer_not_found")
@@ -77,12 +82,23 @@ def test_transfer_shape_errors_are_422(web: FlaskClient, usd: list[str], snapsho
     eur = web.post("/v1/accounts", json={"currency": "EUR"}).json["id"]
     before = snapshot()
     cases = [
-        ({"source_account_id": usd[0], "destination_account_id": eur, "amount": 1},
-         "currency_mismatch"),
-        ({"source_account_id": usd[0], "destination_account_id": usd[0], "amount": 1},
-         "same_account"),
-        ({"source_account_id": usd[0], "destination_account_id": usd[1], "amount": 1,
-          "colour": "red"}, "validation_error"),
+        (
+            {"source_account_id": usd[0], "destination_account_id": eur, "amount": 1},
+            "currency_mismatch",
+        ),
+        (
+            {"source_account_id": usd[0], "destination_account_id": usd[0], "amount": 1},
+            "same_account",
+        ),
+        (
+            {
+                "source_account_id": usd[0],
+                "destination_account_id": usd[1],
+                "amount": 1,
+                "colour": "red",
+            },
+            "validation_error",
+        ),
         ({"source_account_id": usd[0], "amount": 1}, "validation_error"),
     ]
     for n, (body, code) in enumerate(cases):
@@ -167,7 +183,6 @@ def test_idempotency_key_rules(web: FlaskClient, usd: list[str], snapshot: Any) 
 def test_same_key_while_first_request_uncommitted_is_409(
     web: FlaskClient, usd: list[str], uow_factory: Any, admin_key: str, snapshot: Any
 ) -> None:
-    from ledger_core.service_layer.access import authenticate
 
     key_id, _ = authenticate(uow_factory, admin_key)
     before = snapshot()
