@@ -1,0 +1,94 @@
+"""`make run`: servers, migrations, a development admin key, then the Procfile under honcho.
+
+Uses DATABASE_URL and REDIS_URL when both are set; otherwise starts (or reuses) the
+embedded PostgreSQL and Valkey under .data/. Servers this command started are stopped
+when honcho exits (Ctrl-C); servers it found running are left as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from devstack.__main__ import default_data_dir, default_pg_port, default_redis_port
+from devstack.servers import find_stack, start_stack
+from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.config import Settings
+from ledger_core.service_layer.access import Scope, create_api_key
+
+ROOT = Path(__file__).resolve().parent.parent
+# The processes `make run` starts; flower and webhooks join as their issues land.
+DEV_PROCESSES = ("web", "worker", "beat")
+honcho_stop_timeout_seconds = 20
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "8000"))
+    env = dict(os.environ)
+    started_here = None
+    if not (env.get("DATABASE_URL") and env.get("REDIS_URL")):
+        data_dir = ROOT / default_data_dir
+        already_running = all(find_stack(data_dir))
+        stack = start_stack(data_dir, default_pg_port, default_redis_port, durable=True)
+        started_here = None if already_running else stack
+        env["DATABASE_URL"], env["REDIS_URL"] = stack.database_url, stack.redis_url
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = env["DATABASE_URL"]
+    command.upgrade(config, "head")
+
+    settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
+    engine = make_engine(settings)
+    _, admin_key = create_api_key(partial(SqlUnitOfWork, engine), name="make run", scope=Scope.ADMIN)
+    engine.dispose()
+
+    env.update(
+        {
+            # Listen on loopback only: this is a developer's machine.
+            "BIND_HOST": "127.0.0.1",
+            "LEDGER_DEVELOPMENT": "1",
+            "PYTHONUNBUFFERED": "1",
+            # The Procfile names celery and gunicorn: find this virtualenv's.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"\n  API          {base}\n  Docs         {base}/docs\n"
+        f"  Admin key    {admin_key}\n\n"
+        f'  Try: curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts\n',
+        flush=True,
+    )
+    honcho_path = Path(sys.executable).parent / "honcho"
+    # SIGTERM (from a supervisor or `timeout`) ends us like Ctrl-C does: clean up first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    honcho = subprocess.Popen(  # noqa: S603 (fixed argv)
+        [str(honcho_path), "start", "-f", str(ROOT / "Procfile"), "-p", str(port), *DEV_PROCESSES],
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        return honcho.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if honcho.poll() is None:
+            honcho.terminate()
+            try:
+                honcho.wait(honcho_stop_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                honcho.kill()
+        if started_here is not None:
+            started_here.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
