@@ -441,12 +441,14 @@ class CurrencyRepository:
         )
 
     def add_custom(self, code: str, exponent: int) -> bool:
-        result = self._c.execute(
+        # RETURNING, not rowcount: the driver reports -1 for an INSERT ... ON CONFLICT.
+        inserted = self._c.scalar(
             pg_insert(t.custom_currencies)
             .values(code=code, exponent=exponent)
             .on_conflict_do_nothing()
+            .returning(t.custom_currencies.c.code)
         )
-        return result.rowcount == 1
+        return inserted is not None
 
     def list_custom(self) -> list[tuple[str, int]]:
         rows = self._c.execute(
