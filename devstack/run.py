@@ -47,7 +47,9 @@ def main() -> int:
 
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     engine = make_engine(settings)
-    _, admin_key = create_api_key(partial(SqlUnitOfWork, engine), name="make run", scope=Scope.ADMIN)
+    _, admin_key = create_api_key(
+        partial(SqlUnitOfWork, engine), name="make run", scope=Scope.ADMIN
+    )
     engine.dispose()
 
     env.update(

@@ -27,8 +27,7 @@ def snapshot(engine: Engine) -> Callable[[], dict[str, int]]:
     def counts() -> dict[str, int]:
         with engine.connect() as connection:
             return {
-                table: connection.scalar(text(f"SELECT count(*) FROM {table}"))
-                for table in TABLES
+                table: connection.scalar(text(f"SELECT count(*) FROM {table}")) for table in TABLES
             }
 
     return counts
