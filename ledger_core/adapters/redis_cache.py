@@ -35,7 +35,11 @@ class RedisIdempotencyCache:
             return None
         if raw is None:
             return None
-        request_hash, status_code, body = json.loads(raw)
+        try:
+            request_hash, status_code, body = json.loads(raw)
+        except (ValueError, TypeError):
+            log.warning("idempotency cache entry unreadable; using PostgreSQL")
+            return None
         return request_hash, status_code, body
 
     def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None:

@@ -51,8 +51,10 @@ def validate_custom_currency(code: str, exponent: int) -> str | None:
     """Return why a custom unit is not acceptable, or None if it is."""
     if code in ISO_4217_EXPONENTS:
         return "code_is_iso_4217"
-    if not CUSTOM_CODE_PATTERN.match(code):
+    if not CUSTOM_CODE_PATTERN.fullmatch(code):
         return "invalid_code"
+    if isinstance(exponent, bool) or not isinstance(exponent, int):
+        return "invalid_exponent"
     if not 0 <= exponent <= custom_exponent_max:
         return "invalid_exponent"
     return None
