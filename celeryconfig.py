@@ -52,6 +52,10 @@ task_routes = {
     "ledger.post_transfer": {"queue": "transfers"},
     "ledger.sweep_pending_transfers": {"queue": "transfers"},
     "ledger.prune_idempotency_keys": {"queue": "transfers"},
+    # Slow receivers must never hold up postings: deliveries have their own queue and
+    # their own worker processes.
+    "ledger.deliver_webhook": {"queue": "webhooks"},
+    "ledger.enqueue_due_webhooks": {"queue": "webhooks"},
 }
 
 # Flower shows tasks only when workers send events.
@@ -65,6 +69,11 @@ beat_schedule = {
         "task": "ledger.sweep_pending_transfers",
         "schedule": float(os.environ.get("SWEEPER_INTERVAL_SECONDS", "10")),
         # A sweep that could not run in time is useless later: the next one covers it.
+        "options": {"expires": 30},
+    },
+    "enqueue-due-webhooks": {
+        "task": "ledger.enqueue_due_webhooks",
+        "schedule": float(os.environ.get("WEBHOOK_SCHEDULER_INTERVAL_SECONDS", "5")),
         "options": {"expires": 30},
     },
     "prune-idempotency-keys": {

@@ -9,7 +9,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from api.problems import ApiProblem, problem_response
-from api.routes import accounts, docs, health, transfers
+from api.routes import accounts, docs, health, transfers, webhooks
 from api.wiring import build_services
 from ledger_core.config import Settings
 from ledger_core.domain import limits
@@ -34,7 +34,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = app.config.get("SETTINGS") or Settings()
     app.extensions["ledger"] = build_services(settings, app.config.get("BROKER_URL"))
 
-    for blueprint in (health.bp, accounts.bp, transfers.bp, docs.bp):
+    for blueprint in (health.bp, accounts.bp, transfers.bp, webhooks.bp, docs.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(ApiProblem)

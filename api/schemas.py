@@ -130,3 +130,79 @@ class Problem(BaseModel):
     status: int
     detail: str
     code: str
+
+
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class EndpointCreate(_Request):
+    url: WebhookUrl
+    events: list[Literal["transfer.posted", "transfer.rejected"]] | None = Field(
+        default=None, min_length=1, description="Default: every event type."
+    )
+    account_ids: list[AccountId] | None = Field(
+        default=None, max_length=100, description="Default: every account."
+    )
+    description: Description = None
+
+
+class EndpointUpdate(_Request):
+    url: WebhookUrl | None = None
+    events: list[Literal["transfer.posted", "transfer.rejected"]] | None = Field(
+        default=None, min_length=1
+    )
+    account_ids: list[AccountId] | None = Field(default=None, max_length=100)
+    description: Description = None
+    status: Literal["enabled", "disabled"] | None = None
+
+
+class Endpoint(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"]
+    url: str
+    events: list[str]
+    account_ids: list[str] | None
+    description: str | None
+    status: Literal["enabled", "disabled"]
+    disabled_reason: str | None
+    created_at: str
+    secret: str | None = Field(default=None, description="Only on creation.")
+
+
+class EndpointList(BaseModel):
+    object: Literal["list"]
+    data: list[Endpoint]
+    next_cursor: str | None
+
+
+class SecretRotated(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"]
+    secret: str
+
+
+class Delivery(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"]
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status: Literal["pending", "succeeded", "failed", "abandoned"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: str | None
+    created_at: str
+
+
+class DeliveryList(BaseModel):
+    object: Literal["list"]
+    data: list[Delivery]
+    next_cursor: str | None
+
+
+class Event(BaseModel):
+    id: str
+    type: Literal["transfer.posted", "transfer.rejected"]
+    timestamp: str
+    data: Transfer

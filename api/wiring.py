@@ -11,9 +11,16 @@ from sqlalchemy import Engine
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.redis_cache import RedisIdempotencyCache, make_redis
 from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.webhook_http import AddressGuard
 from ledger_core.config import Settings
-from ledger_core.service_layer.ports import EnqueuePosting, UnitOfWorkFactory
-from workers.celery_app import POST_TRANSFER_TASK, TRANSFERS_QUEUE, make_celery
+from ledger_core.service_layer.ports import EnqueueDeliveries, EnqueuePosting, UnitOfWorkFactory
+from workers.celery_app import (
+    DELIVER_WEBHOOK_TASK,
+    POST_TRANSFER_TASK,
+    TRANSFERS_QUEUE,
+    WEBHOOKS_QUEUE,
+    make_celery,
+)
 
 
 @dataclass
@@ -23,6 +30,9 @@ class LedgerServices:
     uow_factory: UnitOfWorkFactory
     cache: RedisIdempotencyCache
     enqueue: EnqueuePosting
+    enqueue_deliveries: EnqueueDeliveries
+    url_guard: AddressGuard
+    settings: Settings
 
 
 def build_services(settings: Settings, broker_url: str | None = None) -> LedgerServices:
@@ -35,10 +45,17 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
     def enqueue(transfer_id: str) -> None:
         celery.send_task(POST_TRANSFER_TASK, args=[transfer_id], queue=TRANSFERS_QUEUE)
 
+    def enqueue_deliveries(delivery_ids: list[str]) -> None:
+        for delivery_id in delivery_ids:
+            celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+
     return LedgerServices(
         engine=engine,
         redis=redis_client,
         uow_factory=partial(SqlUnitOfWork, engine),
         cache=RedisIdempotencyCache(redis_client),
         enqueue=enqueue,
+        enqueue_deliveries=enqueue_deliveries,
+        url_guard=AddressGuard(development=settings.development),
+        settings=settings,
     )

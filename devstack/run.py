@@ -25,8 +25,8 @@ from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, create_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
-# The processes `make run` starts; flower and webhooks join as their issues land.
-DEV_PROCESSES = ("web", "worker", "beat")
+# The processes `make run` starts; flower joins with its issue.
+DEV_PROCESSES = ("web", "worker", "webhooks", "beat")
 honcho_stop_timeout_seconds = 20
 
 
@@ -72,7 +72,7 @@ def main() -> int:
     honcho_path = Path(sys.executable).parent / "honcho"
     # SIGTERM (from a supervisor or `timeout`) ends us like Ctrl-C does: clean up first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    honcho = subprocess.Popen(  # noqa: S603 (fixed argv)
+    honcho = subprocess.Popen(
         [str(honcho_path), "start", "-f", str(ROOT / "Procfile"), "-p", str(port), *DEV_PROCESSES],
         env=env,
         cwd=ROOT,

@@ -3,6 +3,8 @@
 import os
 from dataclasses import dataclass, field
 
+from ledger_core.domain.webhooks import DEFAULT_RETRY_SCHEDULE_SECONDS
+
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:55432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
 
@@ -27,6 +29,17 @@ def _int_env(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _float_env(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _schedule_env(name: str) -> tuple[float, ...]:
+    raw = os.environ.get(name)
+    if not raw:
+        return tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE_SECONDS)
+    return tuple(float(part) for part in raw.split(","))
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(default_factory=database_url_from_env)
@@ -48,6 +61,35 @@ class Settings:
     )
     sweeper_batch_size_max: int = field(
         default_factory=lambda: _int_env("SWEEPER_BATCH_SIZE_MAX", 500)
+    )
+    # Under `make run`: webhooks may target http:// and loopback, for a local receiver.
+    development: bool = field(default_factory=lambda: os.environ.get("LEDGER_DEVELOPMENT") == "1")
+    webhook_connect_timeout_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 3.0)
+    )
+    # The whole attempt: connect, send, wait for and read the (capped) response.
+    webhook_timeout_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_TIMEOUT_SECONDS", 10.0)
+    )
+    webhook_response_body_size_max_bytes: int = field(
+        default_factory=lambda: _int_env("WEBHOOK_RESPONSE_BODY_SIZE_MAX_BYTES", 4096)
+    )
+    # A claimed delivery belongs to its worker for the timeout plus this margin.
+    webhook_lease_margin_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_LEASE_MARGIN_SECONDS", 30.0)
+    )
+    webhook_retry_schedule_seconds: tuple[float, ...] = field(
+        default_factory=lambda: _schedule_env("WEBHOOK_RETRY_SCHEDULE_SECONDS")
+    )
+    webhook_scheduler_interval_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_SCHEDULER_INTERVAL_SECONDS", 5.0)
+    )
+    # A queued delivery task not run by then is enqueued again (the first may be lost).
+    webhook_requeue_after_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_REQUEUE_AFTER_SECONDS", 120.0)
+    )
+    webhook_scheduler_batch_size_max: int = field(
+        default_factory=lambda: _int_env("WEBHOOK_SCHEDULER_BATCH_SIZE_MAX", 500)
     )
     redis_socket_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("REDIS_SOCKET_TIMEOUT_SECONDS", "2"))

@@ -31,11 +31,13 @@ from ledger_core.config import Settings, normalize_database_url
 from ledger_core.service_layer.access import Scope, create_api_key
 from ledger_core.service_layer.reconcile import reconcile
 from tests.support.processes import Process, start_api, start_beat, start_worker
+from tests.support.receiver import Receiver, start_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short enough that the sweeper test waits seconds, long enough that a busy worker's
 # queue is rarely swept (a sweep of a queued transfer is harmless: posting is idempotent).
 TEST_SWEEPER_PENDING_AGE_MIN_SECONDS = 3
+TEST_WEBHOOK_TIMEOUT_SECONDS = 3
 final_wait_timeout_seconds = 90
 
 
@@ -100,6 +102,13 @@ def process_env(database_url: str, redis_url: str) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "SWEEPER_PENDING_AGE_MIN_SECONDS": str(TEST_SWEEPER_PENDING_AGE_MIN_SECONDS),
         "SWEEPER_INTERVAL_SECONDS": "1",
+        # Webhooks: loopback receivers allowed, and a schedule of seconds, not days.
+        "LEDGER_DEVELOPMENT": "1",
+        "WEBHOOK_RETRY_SCHEDULE_SECONDS": ",".join(["1"] * 20),
+        "WEBHOOK_TIMEOUT_SECONDS": str(TEST_WEBHOOK_TIMEOUT_SECONDS),
+        "WEBHOOK_LEASE_MARGIN_SECONDS": "1",
+        "WEBHOOK_REQUEUE_AFTER_SECONDS": "2",
+        "WEBHOOK_SCHEDULER_INTERVAL_SECONDS": "1",
         "PYTHONPATH": str(ROOT),
     }
 
@@ -116,6 +125,20 @@ def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Proc
     yield worker
     beat.stop()
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
+    worker = start_worker(process_env, log_dir, name="webhooks", queue="webhooks")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = start_receiver()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from celery import Celery
 
 TRANSFERS_QUEUE = "transfers"
+WEBHOOKS_QUEUE = "webhooks"
 POST_TRANSFER_TASK = "ledger.post_transfer"
+DELIVER_WEBHOOK_TASK = "ledger.deliver_webhook"
 
 
 def make_celery(broker_url: str | None = None) -> Celery:

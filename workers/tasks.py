@@ -1,36 +1,60 @@
-"""Posting and housekeeping tasks. Each is idempotent: running it twice changes nothing more."""
+"""Posting, delivery and housekeeping tasks. Each is idempotent: running it twice changes
+nothing more than running it once."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from functools import partial
 
 from celery import shared_task
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.webhook_http import AddressGuard, HttpxSender
 from ledger_core.config import Settings
-from ledger_core.service_layer import ledger
+from ledger_core.service_layer import ledger, webhooks
 from ledger_core.service_layer.ports import UnitOfWorkFactory
-from workers.celery_app import POST_TRANSFER_TASK, TRANSFERS_QUEUE
+from workers.celery_app import (
+    DELIVER_WEBHOOK_TASK,
+    POST_TRANSFER_TASK,
+    TRANSFERS_QUEUE,
+    WEBHOOKS_QUEUE,
+)
 
 log = logging.getLogger(__name__)
 
 posting_retries_max = 10
 posting_retry_backoff_max_seconds = 60
 
-_engine: tuple[int, Engine] | None = None
+
+@dataclass
+class _Process:
+    """What one worker process builds once: a pool inherited across fork would share
+    sockets, so everything is made lazily in the process that uses it."""
+
+    pid: int
+    settings: Settings
+    uow_factory: UnitOfWorkFactory
+    sender: HttpxSender | None = None
 
 
-def _uow_factory() -> UnitOfWorkFactory:
-    """One engine per process: a pool inherited across fork would share sockets."""
-    global _engine  # noqa: PLW0603 (a per-process cache is the point)
-    if _engine is None or _engine[0] != os.getpid():
-        _engine = (os.getpid(), make_engine(Settings()))
-    return partial(SqlUnitOfWork, _engine[1])
+_process: _Process | None = None
+
+
+def _current() -> _Process:
+    global _process  # noqa: PLW0603 (a per-process cache is the point)
+    if _process is None or _process.pid != os.getpid():
+        settings = Settings()
+        _process = _Process(os.getpid(), settings, partial(SqlUnitOfWork, make_engine(settings)))
+    return _process
+
+
+def _enqueue_deliveries(delivery_ids: list[str]) -> None:
+    for delivery_id in delivery_ids:
+        deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOKS_QUEUE)
 
 
 @shared_task(
@@ -46,7 +70,13 @@ def _uow_factory() -> UnitOfWorkFactory:
     max_retries=posting_retries_max,
 )
 def post_transfer(transfer_id: str) -> None:
-    outcomes = ledger.post_transfers(_uow_factory(), [transfer_id])
+    process = _current()
+    outcomes = ledger.post_transfers(
+        process.uow_factory,
+        [transfer_id],
+        enqueue_deliveries=_enqueue_deliveries,
+        webhook_requeue_after_seconds=process.settings.webhook_requeue_after_seconds,
+    )
     for outcome in outcomes:
         log.info("transfer finalized: %s %s", outcome.transfer_id, type(outcome).__name__)
 
@@ -56,11 +86,11 @@ def sweep_pending_transfers() -> int:
     """Re-enqueue PENDING transfers whose task was probably lost (broker down at accept
     time, retries exhausted). Posting is idempotent, so a transfer whose task is merely
     slow is at worst posted by whichever task comes first."""
-    settings = Settings()
+    process = _current()
     transfer_ids = ledger.stale_pending_transfer_ids(
-        _uow_factory(),
-        age_min_seconds=settings.sweeper_pending_age_min_seconds,
-        limit=settings.sweeper_batch_size_max,
+        process.uow_factory,
+        age_min_seconds=process.settings.sweeper_pending_age_min_seconds,
+        limit=process.settings.sweeper_batch_size_max,
     )
     for transfer_id in transfer_ids:
         post_transfer.apply_async(args=[transfer_id], queue=TRANSFERS_QUEUE)
@@ -71,4 +101,41 @@ def sweep_pending_transfers() -> int:
 
 @shared_task(name="ledger.prune_idempotency_keys", acks_late=True)
 def prune_idempotency_keys() -> int:
-    return ledger.prune_idempotency_keys(_uow_factory())
+    return ledger.prune_idempotency_keys(_current().uow_factory)
+
+
+@shared_task(
+    name=DELIVER_WEBHOOK_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A database hiccup before the claim: try again soon. Failed HTTP attempts are not
+    # retried here; their next attempt time is stored and the scheduler enqueues it.
+    autoretry_for=(DBAPIError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def deliver_webhook(delivery_id: str) -> str | None:
+    process = _current()
+    settings = process.settings
+    if process.sender is None:
+        process.sender = HttpxSender(settings, AddressGuard(development=settings.development))
+    status = webhooks.attempt_delivery(
+        process.uow_factory,
+        process.sender,
+        delivery_id,
+        schedule=settings.webhook_retry_schedule_seconds,
+        lease_seconds=settings.webhook_timeout_seconds + settings.webhook_lease_margin_seconds,
+    )
+    return None if status is None else status.value
+
+
+@shared_task(name="ledger.enqueue_due_webhooks", acks_late=True)
+def enqueue_due_webhooks() -> int:
+    process = _current()
+    ids = webhooks.enqueue_due_deliveries(
+        process.uow_factory,
+        _enqueue_deliveries,
+        requeue_after_seconds=process.settings.webhook_requeue_after_seconds,
+        limit=process.settings.webhook_scheduler_batch_size_max,
+    )
+    return len(ids)

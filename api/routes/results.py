@@ -12,7 +12,10 @@ from ledger_core.service_layer.errors import Response as ServiceResponse
 from ledger_core.service_layer.pagination import Page
 
 
-def to_http(result: ServiceResponse | Failure | Page | dict[str, Any]) -> Response:
+def to_http(
+    result: ServiceResponse | Failure | Page | dict[str, Any], status: int = 200
+) -> Response:
+    """Failures become problem documents; anything else is sent with `status`."""
     if isinstance(result, Failure):
         extra: dict[str, Any] = {}
         retry_after = result.extra.get("retry_after_seconds")
@@ -29,4 +32,6 @@ def to_http(result: ServiceResponse | Failure | Page | dict[str, Any]) -> Respon
         if result.body.get("object") == "transfer":
             response.headers["Location"] = f"/v1/transfers/{result.body['id']}"
         return response
-    return jsonify(result)
+    response = jsonify(result)
+    response.status_code = status
+    return response

@@ -12,6 +12,11 @@ from sqlalchemy import Connection, Engine, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ledger_core.adapters import tables as t
+from ledger_core.adapters.webhook_sql import (
+    DeliveryRepository,
+    EndpointRepository,
+    EventRepository,
+)
 from ledger_core.domain.model import (
     AccountState,
     Outcome,
@@ -39,6 +44,9 @@ class SqlUnitOfWork:
         self.idempotency = IdempotencyRepository(self.connection)
         self.api_keys = ApiKeyRepository(self.connection)
         self.currencies = CurrencyRepository(self.connection)
+        self.endpoints = EndpointRepository(self.connection)
+        self.events = EventRepository(self.connection)
+        self.deliveries = DeliveryRepository(self.connection)
         return self
 
     def __exit__(
@@ -251,6 +259,14 @@ class TransferRepository:
     def get(self, transfer_id: str) -> TransferRecord | None:
         row = self._c.execute(select(t.transfers).where(t.transfers.c.id == transfer_id)).first()
         return None if row is None else _transfer_record(row)
+
+    def get_many(self, transfer_ids: Sequence[str]) -> list[TransferRecord]:
+        rows = self._c.execute(
+            select(t.transfers)
+            .where(t.transfers.c.id.in_(list(transfer_ids)))
+            .order_by(t.transfers.c.id)
+        )
+        return [_transfer_record(row) for row in rows]
 
     def lock_pending(self, transfer_ids: Sequence[str]) -> list[TransferToPost]:
         """Lock the still-PENDING transfers among these ids, in id order.

@@ -155,3 +155,80 @@ idempotency_keys = Table(
     PrimaryKeyConstraint("api_key_id", "key"),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("events", JSONB, nullable=False),
+    # NULL: every account.
+    Column("account_ids", JSONB),
+    Column("description", Text),
+    Column("status", Text, nullable=False, server_default=text("'enabled'")),
+    Column("disabled_reason", Text),
+    # Kept in clear: every delivery is signed with it. Shown to clients only on creation
+    # and rotation.
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    Column("previous_secret_expires_at", DateTime(timezone=True)),
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("failing_since", DateTime(timezone=True)),
+    _created_at(),
+    Column("deleted_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('enabled', 'disabled')", name="status_known"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("transfer_id", Text, ForeignKey("transfers.id"), nullable=False),
+    # The exact bytes every attempt sends and signs; text, since jsonb would reorder keys.
+    Column("payload", Text, nullable=False),
+    _created_at(),
+    # One event per final transfer: a second posting cannot emit a second event.
+    UniqueConstraint("transfer_id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("event_id", Text, ForeignKey("events.id"), nullable=False),
+    Column("endpoint_id", Text, ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    # A worker that claimed the delivery owns it until then; a crashed one loses it.
+    Column("leased_until", DateTime(timezone=True)),
+    # A task for it is on the queue until then; the scheduler does not enqueue another.
+    Column("enqueued_until", DateTime(timezone=True)),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    _created_at(),
+    CheckConstraint(
+        "status IN ('pending', 'failed', 'succeeded', 'abandoned')", name="status_known"
+    ),
+    CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    UniqueConstraint("event_id", "endpoint_id"),
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('pending', 'failed')"),
+    ),
+    Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("delivery_id", Text, ForeignKey("webhook_deliveries.id"), nullable=False),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration_milliseconds", Integer, nullable=False),
+    Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),
+)

@@ -115,15 +115,17 @@ def check_transfer(
     """
     if source is None or destination is None:
         return AcceptError.ACCOUNT_NOT_FOUND
-    if source.id == destination.id:
-        return AcceptError.SAME_ACCOUNT
     client_sides = {
         TransferKind.DEPOSIT: (destination,),
         TransferKind.WITHDRAWAL: (source,),
         TransferKind.TRANSFER: (source, destination),
     }[kind]
+    # Before the same-account rule: a deposit into the system account would otherwise be
+    # reported as "same account", although the client named only one account.
     if any(account.is_system for account in client_sides):
         return AcceptError.SYSTEM_ACCOUNT
+    if source.id == destination.id:
+        return AcceptError.SAME_ACCOUNT
     if source.currency != destination.currency:
         return AcceptError.CURRENCY_MISMATCH
     if not amount_is_valid(amount):

@@ -98,3 +98,80 @@ class EntryRecord:
             "balance_after": self.balance_after,
             "created_at": iso_utc(self.created_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    id: str
+    url: str
+    events: list[str]
+    account_ids: list[str] | None
+    description: str | None
+    status: str
+    disabled_reason: str | None
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    failing_since: datetime | None
+    created_at: datetime
+
+    def to_json(self, *, include_secret: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "webhook_endpoint",
+            "url": self.url,
+            "events": self.events,
+            "account_ids": self.account_ids,
+            "description": self.description,
+            "status": self.status,
+            "disabled_reason": self.disabled_reason,
+            "created_at": iso_utc(self.created_at),
+        }
+        if include_secret:
+            body["secret"] = self.secret
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "webhook_delivery",
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "endpoint_id": self.endpoint_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "next_attempt_at": iso_utc(self.next_attempt_at),
+            "created_at": iso_utc(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+    duration_milliseconds: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempted_at": iso_utc(self.attempted_at),
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration_milliseconds": self.duration_milliseconds,
+        }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,13 @@ from ledger_core.service_layer.pagination import (
     decode_cursor,
     encode_cursor,
 )
-from ledger_core.service_layer.ports import EnqueuePosting, IdempotencyCache, UnitOfWorkFactory
+from ledger_core.service_layer.ports import (
+    EnqueueDeliveries,
+    EnqueuePosting,
+    IdempotencyCache,
+    UnitOfWorkFactory,
+)
+from ledger_core.service_layer.webhooks import write_events
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +170,20 @@ def _enqueue_safely(enqueue: EnqueuePosting, transfer_id: str) -> None:
         log.exception("enqueue failed; the sweeper will retry", extra={"transfer_id": transfer_id})
 
 
-def post_transfers(uow_factory: UnitOfWorkFactory, transfer_ids: Sequence[str]) -> list[Outcome]:
+def post_transfers(
+    uow_factory: UnitOfWorkFactory,
+    transfer_ids: Sequence[str],
+    *,
+    enqueue_deliveries: EnqueueDeliveries | None = None,
+    webhook_requeue_after_seconds: float = 120.0,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[Outcome]:
     """Post a batch of transfers in one database transaction.
 
     Locks the PENDING transfers, then their accounts in ascending id order, applies the
-    rules in acceptance order, and writes entries, balances and statuses together.
-    Transfers already final are skipped, so delivering the same task twice posts once.
+    rules in acceptance order, and writes entries, balances, statuses and the webhook
+    outbox (events and deliveries) together. Transfers already final are skipped, so
+    delivering the same task twice posts once.
     """
     unique_ids = list(dict.fromkeys(transfer_ids))
     if len(unique_ids) > limits.posting_batch_size_max:
@@ -186,7 +200,19 @@ def post_transfers(uow_factory: UnitOfWorkFactory, transfer_ids: Sequence[str]) 
         uow.entries.add_posted(result.outcomes)
         uow.accounts.set_balances(result.balances)
         uow.transfers.finalize(result.outcomes)
+        delivery_ids = write_events(
+            uow,
+            uow.transfers.get_many([o.transfer_id for o in result.outcomes]),
+            now=clock(),
+            requeue_after_seconds=webhook_requeue_after_seconds,
+        )
         uow.commit()
+    if delivery_ids and enqueue_deliveries is not None:
+        try:
+            enqueue_deliveries(delivery_ids)
+        except Exception:
+            # Committed with their deliveries: the webhook scheduler enqueues them later.
+            log.exception("enqueue of %d webhook deliveries failed", len(delivery_ids))
     return result.outcomes
 
 

@@ -23,3 +23,20 @@ EnqueuePosting = Callable[[str], None]
 
 # Opens a unit of work: `with uow_factory() as uow: ...; uow.commit()`.
 UnitOfWorkFactory = Callable[[], AbstractContextManager[Any]]
+
+
+class UrlGuard(Protocol):
+    """Says why a webhook URL may not be called (scheme, non-public address), or None."""
+
+    def check(self, url: str) -> str | None: ...
+
+
+class WebhookSender(Protocol):
+    def send(
+        self, url: str, *, message_id: str, payload: str, secrets: list[str], timestamp: Any
+    ) -> Any:  # AttemptResult
+        ...
+
+
+# Publishes delivery tasks. Called only after the deliveries' transaction committed.
+EnqueueDeliveries = Callable[[list[str]], None]

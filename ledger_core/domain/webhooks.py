@@ -1,0 +1,144 @@
+"""Webhook rules: event types, the retry schedule, endpoint health, secrets and URLs.
+
+Pure functions of their inputs (time and randomness are passed in), so the schedule is
+tested with an injected clock rather than real minutes.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Final
+from urllib.parse import urlsplit
+
+from ledger_core.domain.model import TransferStatus
+
+
+class EventType(StrEnum):
+    TRANSFER_POSTED = "transfer.posted"
+    TRANSFER_REJECTED = "transfer.rejected"
+
+
+EVENT_TYPE_BY_STATUS: Final = {
+    TransferStatus.POSTED.value: EventType.TRANSFER_POSTED,
+    TransferStatus.REJECTED.value: EventType.TRANSFER_REJECTED,
+}
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # not attempted yet
+    FAILED = "failed"  # last attempt failed; another is scheduled
+    SUCCEEDED = "succeeded"
+    ABANDONED = "abandoned"  # no attempt left (or the endpoint is disabled); retry by hand
+
+
+class EndpointStatus(StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+# About three days in all: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h, 24 h, 24 h.
+DEFAULT_RETRY_SCHEDULE_SECONDS: Final = (
+    5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 24 * 3600,
+)  # fmt: skip
+retry_jitter_fraction: Final = 0.1
+endpoint_failing_disable_after_seconds: Final = 5 * 24 * 3600
+secret_rotation_overlap_seconds: Final = 24 * 3600
+secret_size_bytes: Final = 32
+SECRET_PREFIX: Final = "whsec_"  # noqa: S105 (the Standard Webhooks prefix, not a secret)
+url_length_max: Final = 2048
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(secret_size_bytes)).decode()
+
+
+def retry_delay_seconds(
+    attempts_made: int, schedule: tuple[float, ...], jitter: float
+) -> float | None:
+    """Delay before the next attempt after `attempts_made` failures, or None when done.
+
+    `jitter` is a number in [-1, 1] (random in production) that spreads retries by up
+    to `retry_jitter_fraction` so that endpoints recovering together are not stampeded.
+    """
+    if attempts_made < 1 or attempts_made > len(schedule):
+        return None
+    return schedule[attempts_made - 1] * (1 + retry_jitter_fraction * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDecision:
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    # Set when the endpoint must be disabled, with the reason.
+    disable_endpoint: str | None = None
+
+
+def decide_after_attempt(
+    *,
+    attempts_made: int,
+    status_code: int | None,
+    now: datetime,
+    failing_since: datetime | None,
+    schedule: tuple[float, ...],
+    jitter: float,
+) -> AttemptDecision:
+    """What a delivery and its endpoint become after one attempt.
+
+    2xx is success. 410 Gone disables the endpoint. An endpoint that has failed without
+    a single success for five days is disabled. Otherwise retry on schedule, then abandon.
+    """
+    if status_code is not None and 200 <= status_code < 300:
+        return AttemptDecision(DeliveryStatus.SUCCEEDED, None)
+    if status_code == 410:
+        return AttemptDecision(DeliveryStatus.ABANDONED, None, disable_endpoint="gone")
+    if failing_since is not None and (now - failing_since) >= timedelta(
+        seconds=endpoint_failing_disable_after_seconds
+    ):
+        return AttemptDecision(DeliveryStatus.ABANDONED, None, disable_endpoint="failing")
+    delay = retry_delay_seconds(attempts_made, schedule, jitter)
+    if delay is None:
+        return AttemptDecision(DeliveryStatus.ABANDONED, None)
+    return AttemptDecision(DeliveryStatus.FAILED, now + timedelta(seconds=delay))
+
+
+def signing_secrets(
+    secret: str, previous_secret: str | None, previous_expires_at: datetime | None, now: datetime
+) -> list[str]:
+    """The secrets to sign with at `now`: the current one, plus the previous one while
+    its overlap after a rotation lasts."""
+    if previous_secret and previous_expires_at is not None and now < previous_expires_at:
+        return [secret, previous_secret]
+    return [secret]
+
+
+def check_url_syntax(url: str, *, allow_http: bool) -> str | None:
+    """Why a webhook URL is refused before any DNS lookup, or None."""
+    if len(url) > url_length_max:
+        return "url_too_long"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return "url_invalid"
+    allowed_schemes = {"https", "http"} if allow_http else {"https"}
+    if parts.scheme not in allowed_schemes:
+        return "url_scheme_not_allowed"
+    if not parts.hostname or parts.username or parts.password:
+        return "url_invalid"
+    return None
+
+
+def address_allowed(address: str, *, allow_loopback: bool) -> bool:
+    """Only public addresses, so a webhook cannot be aimed at our own network (SSRF);
+    loopback too in the development setting, for a receiver on the same machine."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return allow_loopback
+    return ip.is_global and not ip.is_multicast
