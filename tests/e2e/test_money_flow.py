@@ -162,3 +162,52 @@ def test_pending_balance_counts_accepted_transfers(
         blocker.rollback()
     wait_final(engine, [response.json()["id"]])
     assert client.get(f"/v1/accounts/{destination['id']}").json()["balance"]["available"] == 400
+
+
+def test_paging_returns_every_entry_and_account_once(client: httpx.Client, engine: Engine) -> None:
+    account = open_account(client)
+    ids = [deposit(client, account["id"], amount)["id"] for amount in range(1, 8)]
+    wait_final(engine, ids)
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(10):  # 7 entries at 2 a page: 4 pages; the bound stops a broken cursor
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get(f"/v1/accounts/{account['id']}/entries", params=params).json()
+        seen += page["data"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    # Posting order, which two worker processes may make differ from acceptance order.
+    assert sorted(e["transfer_id"] for e in seen) == sorted(ids)
+    running = 0
+    for entry in seen:
+        running += entry["amount"]
+        assert entry["balance_after"] == running
+    assert running == 28
+
+    opened = {open_account(client)["id"] for _ in range(5)}
+    listed: list[str] = []
+    cursor = None
+    for _ in range(1000):
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/accounts", params=params).json()
+        listed += [a["id"] for a in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(listed) == len(set(listed))
+    assert opened <= set(listed)
+    assert listed == sorted(listed)
+
+
+def test_account_creation_replays_with_an_idempotency_key(client: httpx.Client) -> None:
+    headers = {"Idempotency-Key": new_key()}
+    body = {"currency": "EUR", "name": "once", "metadata": {"ref": "42"}}
+    first = client.post("/v1/accounts", json=body, headers=headers)
+    again = client.post("/v1/accounts", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = client.post("/v1/accounts", json={**body, "name": "twice"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
