@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,6 +58,8 @@ def signature_headers(
     *, message_id: str, payload: str, secrets: list[str], timestamp: datetime
 ) -> dict[str, str]:
     """Standard Webhooks headers; one signature per secret, space-separated."""
+    # standardwebhooks reads the time as UTC whatever its zone: hand it UTC.
+    timestamp = timestamp.astimezone(UTC)
     signatures = [
         Webhook(secret).sign(msg_id=message_id, timestamp=timestamp, data=payload)
         for secret in secrets

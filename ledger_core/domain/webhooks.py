@@ -137,8 +137,28 @@ def address_allowed(address: str, *, allow_loopback: bool) -> bool:
     """Only public addresses, so a webhook cannot be aimed at our own network (SSRF);
     loopback too in the development setting, for a receiver on the same machine."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded:
+            # An IPv6 form of an IPv4 address (mapped, NAT64, 6to4, Teredo) reaches that
+            # IPv4 address: judge every one it carries.
+            return all(address_allowed(str(v4), allow_loopback=allow_loopback) for v4 in embedded)
     if ip.is_loopback:
         return allow_loopback
     return ip.is_global and not ip.is_multicast
+
+
+NAT64_WELL_KNOWN_PREFIX: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in NAT64_WELL_KNOWN_PREFIX:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
