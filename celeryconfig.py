@@ -52,11 +52,15 @@ task_routes = {
     "ledger.post_transfer": {"queue": "transfers"},
     "ledger.sweep_pending_transfers": {"queue": "transfers"},
     "ledger.prune_idempotency_keys": {"queue": "transfers"},
+    "ledger.reconcile": {"queue": "transfers"},
     # Slow receivers must never hold up postings: deliveries have their own queue and
     # their own worker processes.
     "ledger.deliver_webhook": {"queue": "webhooks"},
     "ledger.enqueue_due_webhooks": {"queue": "webhooks"},
 }
+
+# Logging is ours (JSON with request, task and transfer ids): see workers/celery_app.py.
+worker_hijack_root_logger = False
 
 # Flower shows tasks only when workers send events.
 worker_send_task_events = True
@@ -75,6 +79,11 @@ beat_schedule = {
         "task": "ledger.enqueue_due_webhooks",
         "schedule": float(os.environ.get("WEBHOOK_SCHEDULER_INTERVAL_SECONDS", "5")),
         "options": {"expires": 30},
+    },
+    "reconcile-books": {
+        "task": "ledger.reconcile",
+        "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "300")),
+        "options": {"expires": 120},
     },
     "prune-idempotency-keys": {
         "task": "ledger.prune_idempotency_keys",

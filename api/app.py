@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-import logging
+import re
+import time
+import uuid
 from typing import Any
 
-from flask import Flask
+import structlog
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from api.problems import ApiProblem, problem_response
 from api.routes import accounts, docs, health, transfers, webhooks
 from api.wiring import build_services
+from ledger_core.adapters.logs import configure_logging
+from ledger_core.adapters.metrics import (
+    SystemCollector,
+    http_request_duration_seconds,
+    http_requests_total,
+    registry_for_scrape,
+)
 from ledger_core.config import Settings
 from ledger_core.domain import limits
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 HTTP_EXCEPTION_CODES = {
     404: "not_found",
@@ -32,7 +43,37 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     settings = app.config.get("SETTINGS") or Settings()
-    app.extensions["ledger"] = build_services(settings, app.config.get("BROKER_URL"))
+    services = build_services(settings, app.config.get("BROKER_URL"))
+    app.extensions["ledger"] = services
+    configure_logging("api")
+    app.extensions["metrics_registry"] = registry_for_scrape(
+        SystemCollector(services.engine, services.redis)
+    )
+
+    @app.before_request
+    def open_request_context() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        # Echo a caller's id if it is sane; never let it inject into logs or headers.
+        g.request_id = given if REQUEST_ID_PATTERN.match(given) else uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    def close_request_context(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
+        http_requests_total.labels(request.method, route, str(response.status_code)).inc()
+        http_request_duration_seconds.labels(request.method, route).observe(elapsed)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=response.status_code,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+        return response
 
     for blueprint in (health.bp, accounts.bp, transfers.bp, webhooks.bp, docs.bp):
         app.register_blueprint(blueprint)

@@ -11,6 +11,12 @@ from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, add_custom_currency, create_api_key
+from ledger_core.service_layer.reconcile import (
+    delivery_overdue_max_seconds_default,
+    pending_age_max_seconds_default,
+    reconcile,
+    report,
+)
 
 
 def _uow_factory():  # type: ignore[no-untyped-def]
@@ -57,3 +63,33 @@ def currencies_add(code: str, exponent: int) -> None:
         click.echo(f"error: {failure.code}: {failure.detail}", err=True)
         sys.exit(1)
     click.echo(f"added {code} (exponent {exponent})", err=True)
+
+
+@main.command("reconcile")
+@click.option(
+    "--pending-age-max-seconds",
+    type=float,
+    default=pending_age_max_seconds_default,
+    show_default=True,
+    help="A PENDING transfer older than this is a violation.",
+)
+@click.option(
+    "--delivery-overdue-max-seconds",
+    type=float,
+    default=delivery_overdue_max_seconds_default,
+    show_default=True,
+    help="A webhook delivery due longer ago than this is a violation.",
+)
+def reconcile_command(pending_age_max_seconds: float, delivery_overdue_max_seconds: float) -> None:
+    """Check the books; print a report; exit 1 on any violation."""
+    violations = reconcile(
+        _uow_factory(),
+        pending_age_max_seconds=pending_age_max_seconds,
+        delivery_overdue_max_seconds=delivery_overdue_max_seconds,
+    )
+    click.echo(report(violations))
+    broken = sum(bool(rows) for rows in violations.values())
+    if broken:
+        click.echo(f"{broken} rule(s) violated", err=True)
+        sys.exit(1)
+    click.echo("the books balance", err=True)

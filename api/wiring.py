@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import redis
+import structlog
 from sqlalchemy import Engine
 
 from ledger_core.adapters.database import make_engine
@@ -17,6 +18,7 @@ from ledger_core.service_layer.ports import EnqueueDeliveries, EnqueuePosting, U
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
     POST_TRANSFER_TASK,
+    REQUEST_ID_HEADER,
     TRANSFERS_QUEUE,
     WEBHOOKS_QUEUE,
     make_celery,
@@ -42,12 +44,19 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
     )
     celery = make_celery(broker_url or settings.redis_url)
 
+    def headers() -> dict[str, str | None]:
+        return {REQUEST_ID_HEADER: structlog.contextvars.get_contextvars().get("request_id")}
+
     def enqueue(transfer_id: str) -> None:
-        celery.send_task(POST_TRANSFER_TASK, args=[transfer_id], queue=TRANSFERS_QUEUE)
+        celery.send_task(
+            POST_TRANSFER_TASK, args=[transfer_id], queue=TRANSFERS_QUEUE, headers=headers()
+        )
 
     def enqueue_deliveries(delivery_ids: list[str]) -> None:
         for delivery_id in delivery_ids:
-            celery.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+            celery.send_task(
+                DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, headers=headers()
+            )
 
     return LedgerServices(
         engine=engine,

@@ -91,6 +91,12 @@ class Settings:
     webhook_scheduler_batch_size_max: int = field(
         default_factory=lambda: _int_env("WEBHOOK_SCHEDULER_BATCH_SIZE_MAX", 500)
     )
+    reconcile_pending_age_max_seconds: float = field(
+        default_factory=lambda: _float_env("RECONCILE_PENDING_AGE_MAX_SECONDS", 300.0)
+    )
+    reconcile_delivery_overdue_max_seconds: float = field(
+        default_factory=lambda: _float_env("RECONCILE_DELIVERY_OVERDUE_MAX_SECONDS", 600.0)
+    )
     redis_socket_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("REDIS_SOCKET_TIMEOUT_SECONDS", "2"))
     )

@@ -95,8 +95,12 @@ def uow_factory(engine: Engine) -> Any:
 
 
 @pytest.fixture(scope="session")
-def process_env(database_url: str, redis_url: str) -> dict[str, str]:
+def process_env(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     return {
+        # One directory for every process, so the API's /metrics shows the workers' too.
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics")),
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import os
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from prometheus_client import multiprocess, start_http_server
+
+from ledger_core.adapters.logs import configure_logging
+from ledger_core.adapters.metrics import registry_for_scrape
 
 TRANSFERS_QUEUE = "transfers"
 WEBHOOKS_QUEUE = "webhooks"
 POST_TRANSFER_TASK = "ledger.post_transfer"
 DELIVER_WEBHOOK_TASK = "ledger.deliver_webhook"
+# Carries the API request's id to the task, so one id follows a transfer through the logs.
+REQUEST_ID_HEADER = "ledger_request_id"
 
 
 def make_celery(broker_url: str | None = None) -> Celery:
@@ -20,3 +30,40 @@ def make_celery(broker_url: str | None = None) -> Celery:
 
 app = make_celery()
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connecting here stops Celery from installing its own plain-text handlers.
+    configure_logging("celery")
+
+
+@signals.task_prerun.connect
+def _bind_task_context(task_id: str, task: Any, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        task_id=task_id,
+        task=task.name,
+        request_id=getattr(task.request, REQUEST_ID_HEADER, None),
+    )
+
+
+@signals.task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """With METRICS_PORT set, the worker's main process serves the metrics its pool
+    processes record (used where the API cannot read their files, e.g. containers)."""
+    port = os.environ.get("METRICS_PORT")
+    if port:
+        address = os.environ.get("METRICS_ADDRESS", "127.0.0.1")
+        start_http_server(int(port), addr=address, registry=registry_for_scrape())
+
+
+@signals.worker_process_shutdown.connect
+def _forget_dead_process(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid or os.getpid())

@@ -3,28 +3,32 @@ nothing more than running it once."""
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from functools import partial
 
+import redis
+import structlog
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
 from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.metrics import PrometheusMetrics, publish_reconciliation
 from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.adapters.webhook_http import AddressGuard, HttpxSender
 from ledger_core.config import Settings
-from ledger_core.service_layer import ledger, webhooks
+from ledger_core.service_layer import ledger, reconcile, webhooks
 from ledger_core.service_layer.ports import UnitOfWorkFactory
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
     POST_TRANSFER_TASK,
+    REQUEST_ID_HEADER,
     TRANSFERS_QUEUE,
     WEBHOOKS_QUEUE,
 )
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
+METRICS = PrometheusMetrics()
 
 posting_retries_max = 10
 posting_retry_backoff_max_seconds = 60
@@ -53,8 +57,11 @@ def _current() -> _Process:
 
 
 def _enqueue_deliveries(delivery_ids: list[str]) -> None:
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
     for delivery_id in delivery_ids:
-        deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOKS_QUEUE)
+        deliver_webhook.apply_async(
+            args=[delivery_id], queue=WEBHOOKS_QUEUE, headers={REQUEST_ID_HEADER: request_id}
+        )
 
 
 @shared_task(
@@ -70,15 +77,17 @@ def _enqueue_deliveries(delivery_ids: list[str]) -> None:
     max_retries=posting_retries_max,
 )
 def post_transfer(transfer_id: str) -> None:
+    structlog.contextvars.bind_contextvars(transfer_id=transfer_id)
     process = _current()
     outcomes = ledger.post_transfers(
         process.uow_factory,
         [transfer_id],
         enqueue_deliveries=_enqueue_deliveries,
         webhook_requeue_after_seconds=process.settings.webhook_requeue_after_seconds,
+        metrics=METRICS,
     )
     for outcome in outcomes:
-        log.info("transfer finalized: %s %s", outcome.transfer_id, type(outcome).__name__)
+        log.info("transfer finalized", outcome=type(outcome).__name__.lower())
 
 
 @shared_task(name="ledger.sweep_pending_transfers", acks_late=True)
@@ -95,7 +104,7 @@ def sweep_pending_transfers() -> int:
     for transfer_id in transfer_ids:
         post_transfer.apply_async(args=[transfer_id], queue=TRANSFERS_QUEUE)
     if transfer_ids:
-        log.warning("sweeper re-enqueued %d pending transfers", len(transfer_ids))
+        log.warning("sweeper re-enqueued pending transfers", count=len(transfer_ids))
     return len(transfer_ids)
 
 
@@ -119,13 +128,17 @@ def deliver_webhook(delivery_id: str) -> str | None:
     settings = process.settings
     if process.sender is None:
         process.sender = HttpxSender(settings, AddressGuard(development=settings.development))
+    structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
     status = webhooks.attempt_delivery(
         process.uow_factory,
         process.sender,
         delivery_id,
         schedule=settings.webhook_retry_schedule_seconds,
         lease_seconds=settings.webhook_timeout_seconds + settings.webhook_lease_margin_seconds,
+        metrics=METRICS,
     )
+    if status is not None:
+        log.info("webhook attempt", status=status.value)
     return None if status is None else status.value
 
 
@@ -139,3 +152,26 @@ def enqueue_due_webhooks() -> int:
         limit=process.settings.webhook_scheduler_batch_size_max,
     )
     return len(ids)
+
+
+@shared_task(name="ledger.reconcile", acks_late=True)
+def reconcile_books() -> int:
+    """Check the books; publish the result for /metrics; log loudly on any violation."""
+    process = _current()
+    violations = reconcile.reconcile(
+        process.uow_factory,
+        pending_age_max_seconds=process.settings.reconcile_pending_age_max_seconds,
+        delivery_overdue_max_seconds=process.settings.reconcile_delivery_overdue_max_seconds,
+    )
+    counts = {rule: len(rows) for rule, rows in violations.items()}
+    client = redis.Redis.from_url(process.settings.redis_url, socket_timeout=5)
+    try:
+        publish_reconciliation(client, counts)
+    finally:
+        client.close()
+    broken = {rule: count for rule, count in counts.items() if count}
+    if broken:
+        log.error("reconciliation found violations", violations=broken)
+    else:
+        log.info("reconciliation passed")
+    return sum(broken.values())

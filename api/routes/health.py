@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from api.operations import Call, operation
 from api.problems import problem_response
+from ledger_core.adapters.metrics import exposition
 
 bp = Blueprint("health", __name__)
 
@@ -42,3 +44,11 @@ def ready(call: Call) -> ResponseReturnValue:
     if all(value == "ok" for value in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
     return problem_response("not_ready", "A dependency does not answer.", checks=checks)
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    """Prometheus text format: this API's and, with PROMETHEUS_MULTIPROC_DIR shared, the
+    workers' metrics, plus system gauges read now (oldest PENDING, queue depths)."""
+    registry = current_app.extensions["metrics_registry"]
+    return Response(exposition(registry), content_type=CONTENT_TYPE_LATEST)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import structlog
 from flask import Blueprint, current_app
 from flask.typing import ResponseReturnValue
 
 from api import schemas
 from api.operations import Call, operation
 from api.routes.results import to_http
+from ledger_core.adapters.metrics import transfers_accepted_total
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import ledger
 from ledger_core.service_layer.access import Scope
+from ledger_core.service_layer.errors import Response
 
 bp = Blueprint("transfers", __name__)
 ACCEPTED = {202: schemas.Transfer, 404: None, 409: None, 422: None}
@@ -23,22 +26,24 @@ def _accept(
     destination_account_id: str | None,
 ) -> ResponseReturnValue:
     services = current_app.extensions["ledger"]
-    return to_http(
-        ledger.accept_transfer(
-            services.uow_factory,
-            services.cache,
-            services.enqueue,
-            api_key_id=call.api_key_id,
-            idempotency_key=call.idempotency_key,
-            request_hash=call.request_hash,
-            kind=kind,
-            source_account_id=source_account_id,
-            destination_account_id=destination_account_id,
-            amount=call.body.amount,
-            description=call.body.description,
-            metadata=call.body.metadata,
-        )
+    result = ledger.accept_transfer(
+        services.uow_factory,
+        services.cache,
+        services.enqueue,
+        api_key_id=call.api_key_id,
+        idempotency_key=call.idempotency_key,
+        request_hash=call.request_hash,
+        kind=kind,
+        source_account_id=source_account_id,
+        destination_account_id=destination_account_id,
+        amount=call.body.amount,
+        description=call.body.description,
+        metadata=call.body.metadata,
     )
+    if isinstance(result, Response) and not result.replayed:
+        transfers_accepted_total.labels(kind.value).inc()
+        structlog.contextvars.bind_contextvars(transfer_id=result.body["id"])
+    return to_http(result)
 
 
 @operation(

@@ -42,12 +42,33 @@ CHECKS: Final[dict[str, str]] = {
         SELECT id AS subject, balance AS value
         FROM accounts WHERE balance < 0 AND NOT allow_overdraft
     """,
+    "transfer_pending_too_long": """
+        SELECT id AS subject, extract(epoch FROM now() - created_at)::bigint AS value
+        FROM transfers
+        WHERE status = 'pending'
+          AND created_at < now() - make_interval(secs => :pending_age_max_seconds)
+    """,
+    "webhook_delivery_overdue": """
+        SELECT id AS subject, extract(epoch FROM now() - next_attempt_at)::bigint AS value
+        FROM webhook_deliveries
+        WHERE status IN ('pending', 'failed')
+          AND next_attempt_at < now() - make_interval(secs => :delivery_overdue_max_seconds)
+    """,
 }
 
 
-def run_checks(connection: Connection) -> dict[str, list[tuple[str, int]]]:
+def run_checks(
+    connection: Connection, *, pending_age_max_seconds: float, delivery_overdue_max_seconds: float
+) -> dict[str, list[tuple[str, int]]]:
     """Every rule's violations as (subject, value) pairs; empty lists when the books balance."""
-    return {
-        name: [(str(row.subject), int(row.value)) for row in connection.execute(text(sql))]
-        for name, sql in CHECKS.items()
+    params = {
+        "pending_age_max_seconds": pending_age_max_seconds,
+        "delivery_overdue_max_seconds": delivery_overdue_max_seconds,
     }
+    results = {}
+    for name, sql in CHECKS.items():
+        statement = text(sql)
+        bound = {k: v for k, v in params.items() if f":{k}" in sql}
+        rows = connection.execute(statement, bound)
+        results[name] = [(str(row.subject), int(row.value)) for row in rows]
+    return results

@@ -28,9 +28,11 @@ from ledger_core.service_layer.pagination import (
     encode_cursor,
 )
 from ledger_core.service_layer.ports import (
+    NULL_METRICS,
     EnqueueDeliveries,
     EnqueuePosting,
     IdempotencyCache,
+    Metrics,
     UnitOfWorkFactory,
 )
 from ledger_core.service_layer.webhooks import write_events
@@ -177,6 +179,7 @@ def post_transfers(
     enqueue_deliveries: EnqueueDeliveries | None = None,
     webhook_requeue_after_seconds: float = 120.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    metrics: Metrics = NULL_METRICS,
 ) -> list[Outcome]:
     """Post a batch of transfers in one database transaction.
 
@@ -200,13 +203,18 @@ def post_transfers(
         uow.entries.add_posted(result.outcomes)
         uow.accounts.set_balances(result.balances)
         uow.transfers.finalize(result.outcomes)
+        final = uow.transfers.get_many([o.transfer_id for o in result.outcomes])
+        now = clock()
         delivery_ids = write_events(
-            uow,
-            uow.transfers.get_many([o.transfer_id for o in result.outcomes]),
-            now=clock(),
-            requeue_after_seconds=webhook_requeue_after_seconds,
+            uow, final, now=now, requeue_after_seconds=webhook_requeue_after_seconds
         )
         uow.commit()
+    metrics.posting_batch(len(final))
+    for record in final:
+        accepted_at = record.created_at
+        metrics.transfer_finalized(
+            record.status, None if accepted_at is None else (now - accepted_at).total_seconds()
+        )
     if delivery_ids and enqueue_deliveries is not None:
         try:
             enqueue_deliveries(delivery_ids)

@@ -40,3 +40,27 @@ class WebhookSender(Protocol):
 
 # Publishes delivery tasks. Called only after the deliveries' transaction committed.
 EnqueueDeliveries = Callable[[list[str]], None]
+
+
+class Metrics(Protocol):
+    """What the use cases report; the Prometheus adapter implements it."""
+
+    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None: ...
+
+    def posting_batch(self, size: int) -> None: ...
+
+    def webhook_attempt(self, outcome: str) -> None: ...
+
+
+class NullMetrics:
+    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None:
+        pass
+
+    def posting_batch(self, size: int) -> None:
+        pass
+
+    def webhook_attempt(self, outcome: str) -> None:
+        pass
+
+
+NULL_METRICS = NullMetrics()

@@ -36,7 +36,13 @@ from ledger_core.service_layer.pagination import (
     decode_cursor,
     encode_cursor,
 )
-from ledger_core.service_layer.ports import EnqueueDeliveries, UnitOfWorkFactory, UrlGuard
+from ledger_core.service_layer.ports import (
+    NULL_METRICS,
+    EnqueueDeliveries,
+    Metrics,
+    UnitOfWorkFactory,
+    UrlGuard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +343,7 @@ def attempt_delivery(
     lease_seconds: float,
     clock: Clock = utc_now,
     jitter: Callable[[], float] = lambda: random.uniform(-1, 1),  # noqa: S311 (not crypto)
+    metrics: Metrics = NULL_METRICS,
 ) -> DeliveryStatus | None:
     """Make one attempt if the delivery is due and unclaimed; record its outcome.
 
@@ -350,6 +357,7 @@ def attempt_delivery(
         if claimed is not None and (claimed.endpoint.status != EndpointStatus.ENABLED.value):
             uow.deliveries.abandon(delivery_id, error="endpoint_disabled")
             uow.commit()
+            metrics.webhook_attempt("endpoint_disabled")
             return DeliveryStatus.ABANDONED
         uow.commit()
     if claimed is None:
@@ -405,6 +413,7 @@ def attempt_delivery(
             uow.commit()
 
     record()
+    metrics.webhook_attempt(decision.status.value)
     if decision.disable_endpoint is not None:
         log.warning("webhook endpoint %s disabled: %s", endpoint.id, decision.disable_endpoint)
     return decision.status

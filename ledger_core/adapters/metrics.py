@@ -1,0 +1,150 @@
+"""Prometheus metrics. Every process records into PROMETHEUS_MULTIPROC_DIR when it is set
+(gunicorn workers, Celery pool processes), and /metrics or a worker's exporter reads the
+directory; gauges that describe the whole system are computed at scrape time instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, text
+
+LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+RECONCILIATION_KEY = "ledger:reconciliation:last"
+QUEUES = ("transfers", "webhooks")
+
+http_requests_total = Counter(
+    "ledger_http_requests_total",
+    "HTTP requests by route and status.",
+    ["method", "route", "status"],
+)
+http_request_duration_seconds = Histogram(
+    "ledger_http_request_duration_seconds",
+    "HTTP request latency by route.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+transfers_accepted_total = Counter(
+    "ledger_transfers_accepted_total", "Transfers accepted as PENDING, by kind.", ["kind"]
+)
+transfers_finalized_total = Counter(
+    "ledger_transfers_finalized_total", "Transfers posted or rejected.", ["status"]
+)
+posting_latency_seconds = Histogram(
+    "ledger_posting_latency_seconds",
+    "Time from acceptance to final status.",
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+posting_batch_size = Histogram(
+    "ledger_posting_batch_size", "Transfers per posting transaction.", buckets=BATCH_SIZE_BUCKETS
+)
+webhook_attempts_total = Counter(
+    "ledger_webhook_attempts_total", "Webhook delivery attempts by outcome.", ["outcome"]
+)
+
+
+class PrometheusMetrics:
+    """The service layer's Metrics port."""
+
+    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None:
+        transfers_finalized_total.labels(status).inc()
+        if latency_seconds is not None:
+            posting_latency_seconds.observe(latency_seconds)
+
+    def posting_batch(self, size: int) -> None:
+        posting_batch_size.observe(size)
+
+    def webhook_attempt(self, outcome: str) -> None:
+        webhook_attempts_total.labels(outcome).inc()
+
+
+class SystemCollector(Collector):
+    """Gauges read at scrape time from PostgreSQL and Redis: true for the whole system,
+    whichever process serves them."""
+
+    def __init__(self, engine: Engine, redis: Any) -> None:
+        self._engine = engine
+        self._redis = redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        oldest = GaugeMetricFamily(
+            "ledger_oldest_pending_transfer_age_seconds",
+            "Age of the oldest PENDING transfer (0 when none).",
+        )
+        try:
+            with self._engine.connect() as connection:
+                age = connection.scalar(
+                    text(
+                        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                        " FROM transfers WHERE status = 'pending'"
+                    )
+                )
+            oldest.add_metric([], float(age))
+            yield oldest
+        except Exception:  # noqa: S110 (a scrape must not fail because one source is down)
+            pass
+        depth = GaugeMetricFamily(
+            "ledger_queue_depth", "Tasks waiting in a queue.", labels=["queue"]
+        )
+        violations = GaugeMetricFamily(
+            "ledger_reconciliation_violations",
+            "Rows breaking each books rule at the last reconciliation.",
+            labels=["rule"],
+        )
+        last_run = GaugeMetricFamily(
+            "ledger_reconciliation_last_run_timestamp_seconds",
+            "When the last reconciliation ran (Unix seconds).",
+        )
+        try:
+            for queue in QUEUES:
+                depth.add_metric([queue], float(self._redis.llen(queue)))
+            yield depth
+            raw = self._redis.get(RECONCILIATION_KEY)
+            if raw is not None:
+                report = json.loads(raw)
+                for rule, count in report["violations"].items():
+                    violations.add_metric([rule], float(count))
+                last_run.add_metric([], float(report["ran_at"]))
+                yield violations
+                yield last_run
+        except Exception:  # noqa: S110 (same)
+            pass
+
+
+def publish_reconciliation(redis: Any, violations: dict[str, int]) -> None:
+    redis.set(RECONCILIATION_KEY, json.dumps({"violations": violations, "ran_at": time.time()}))
+
+
+class _ThisProcess(Collector):
+    def collect(self) -> Iterator[Any]:
+        return REGISTRY.collect()
+
+
+def registry_for_scrape(extra: Collector | None = None) -> CollectorRegistry:
+    """Every process's metrics when PROMETHEUS_MULTIPROC_DIR is set, else this process's;
+    plus `extra`. A new registry each time, so apps built in one process never clash."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    if extra is not None:
+        registry.register(extra)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
