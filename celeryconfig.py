@@ -40,7 +40,8 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 # A task that raised is not requeued blindly; each task decides its retries.
-task_acks_on_failure_or_timeout = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 task_soft_time_limit = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT_SECONDS", "50"))
 task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT_SECONDS", "60"))

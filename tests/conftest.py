@@ -30,7 +30,13 @@ from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.service_layer.access import Scope, create_api_key
 from ledger_core.service_layer.reconcile import reconcile
-from tests.support.processes import Process, start_api, start_beat, start_worker
+from tests.support.processes import (
+    ManagedWorker,
+    Process,
+    start_api,
+    start_beat,
+    start_worker,
+)
 from tests.support.receiver import Receiver, start_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +129,8 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
-    worker = start_worker(process_env, log_dir, name="transfers", queue="transfers")
+def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[ManagedWorker]:
+    worker = ManagedWorker(process_env, log_dir, name="transfers", queue="transfers")
     beat = start_beat(process_env, log_dir)
     yield worker
     beat.stop()
@@ -158,7 +164,7 @@ def admin_key(uow_factory: Any) -> str:
 
 
 @pytest.fixture
-def client(api_url: str, admin_key: str, transfer_worker: Process) -> Iterator[httpx.Client]:
+def client(api_url: str, admin_key: str, transfer_worker: ManagedWorker) -> Iterator[httpx.Client]:
     """HTTP client of the real API, with a real worker posting behind it."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     with httpx.Client(

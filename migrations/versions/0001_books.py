@@ -28,7 +28,9 @@ def upgrade() -> None:
         sa.Column("exponent", sa.SmallInteger, nullable=False),
         _created_at(),
         sa.PrimaryKeyConstraint("code", name="pk_custom_currencies"),
-        sa.CheckConstraint("exponent BETWEEN 0 AND 18", name="ck_custom_currencies_exponent_range"),
+        sa.CheckConstraint(
+            "exponent BETWEEN 0 AND 18", name=op.f("ck_custom_currencies_exponent_range")
+        ),
     )
     op.create_table(
         "api_keys",
@@ -40,7 +42,9 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
-        sa.CheckConstraint("scope IN ('read', 'write', 'admin')", name="ck_api_keys_scope_known"),
+        sa.CheckConstraint(
+            "scope IN ('read', 'write', 'admin')", name=op.f("ck_api_keys_scope_known")
+        ),
     )
     op.create_table(
         "accounts",
@@ -53,9 +57,11 @@ def upgrade() -> None:
         sa.Column("balance", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         _created_at(),
         sa.PrimaryKeyConstraint("id", name="pk_accounts"),
-        sa.CheckConstraint("allow_overdraft OR balance >= 0", name="ck_accounts_no_overdraft"),
         sa.CheckConstraint(
-            "NOT is_system OR allow_overdraft", name="ck_accounts_system_may_go_negative"
+            "allow_overdraft OR balance >= 0", name=op.f("ck_accounts_no_overdraft")
+        ),
+        sa.CheckConstraint(
+            "NOT is_system OR allow_overdraft", name=op.f("ck_accounts_system_may_go_negative")
         ),
     )
     op.create_index(
@@ -94,26 +100,27 @@ def upgrade() -> None:
             ["api_key_id"], ["api_keys.id"], name="fk_transfers_api_key_id_api_keys"
         ),
         sa.CheckConstraint(
-            "kind IN ('deposit', 'withdrawal', 'transfer')", name="ck_transfers_kind_known"
+            "kind IN ('deposit', 'withdrawal', 'transfer')", name=op.f("ck_transfers_kind_known")
         ),
         sa.CheckConstraint(
-            "status IN ('pending', 'posted', 'rejected')", name="ck_transfers_status_known"
+            "status IN ('pending', 'posted', 'rejected')", name=op.f("ck_transfers_status_known")
         ),
-        sa.CheckConstraint("amount > 0", name="ck_transfers_amount_positive"),
+        sa.CheckConstraint("amount > 0", name=op.f("ck_transfers_amount_positive")),
         sa.CheckConstraint(
-            "source_account_id <> destination_account_id", name="ck_transfers_distinct_accounts"
+            "source_account_id <> destination_account_id",
+            name=op.f("ck_transfers_distinct_accounts"),
         ),
         sa.CheckConstraint(
             "(status = 'rejected') = (rejection_reason IS NOT NULL)",
-            name="ck_transfers_reason_iff_rejected",
+            name=op.f("ck_transfers_reason_iff_rejected"),
         ),
         sa.CheckConstraint(
             "(status = 'posted') = (posted_at IS NOT NULL)",
-            name="ck_transfers_posted_at_iff_posted",
+            name=op.f("ck_transfers_posted_at_iff_posted"),
         ),
         sa.CheckConstraint(
             "(status = 'pending') = (finalized_at IS NULL)",
-            name="ck_transfers_finalized_at_iff_final",
+            name=op.f("ck_transfers_finalized_at_iff_final"),
         ),
     )
     for name, column in (
@@ -137,7 +144,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name="fk_entries_account_id_accounts"
         ),
-        sa.CheckConstraint("amount <> 0", name="ck_entries_amount_nonzero"),
+        sa.CheckConstraint("amount <> 0", name=op.f("ck_entries_amount_nonzero")),
         sa.UniqueConstraint("transfer_id", "account_id", name="uq_entries_transfer_id_account_id"),
     )
     op.create_index("ix_entries_account_id_id", "entries", ["account_id", "id"])

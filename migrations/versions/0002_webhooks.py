@@ -40,7 +40,7 @@ def upgrade() -> None:
         sa.Column("deleted_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_endpoints"),
         sa.CheckConstraint(
-            "status IN ('enabled', 'disabled')", name="ck_webhook_endpoints_status_known"
+            "status IN ('enabled', 'disabled')", name=op.f("ck_webhook_endpoints_status_known")
         ),
     )
     op.create_table(
@@ -80,9 +80,11 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint(
             "status IN ('pending', 'failed', 'succeeded', 'abandoned')",
-            name="ck_webhook_deliveries_status_known",
+            name=op.f("ck_webhook_deliveries_status_known"),
         ),
-        sa.CheckConstraint("attempts >= 0", name="ck_webhook_deliveries_attempts_nonnegative"),
+        sa.CheckConstraint(
+            "attempts >= 0", name=op.f("ck_webhook_deliveries_attempts_nonnegative")
+        ),
         sa.UniqueConstraint(
             "event_id", "endpoint_id", name="uq_webhook_deliveries_event_id_endpoint_id"
         ),

@@ -14,7 +14,7 @@ from api import create_app
 from ledger_core.config import Settings
 from tests.conftest import TEST_SWEEPER_PENDING_AGE_MIN_SECONDS, wait_final
 from tests.e2e.helpers import deposit, open_account, post_money
-from tests.support.processes import Process, free_port
+from tests.support.processes import ManagedWorker, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("books")]
 lock_wait_timeout_seconds = 30
@@ -48,7 +48,7 @@ def wait_for_worker_blocked_on_lock(engine: Engine) -> None:
 
 
 def test_worker_killed_while_holding_a_posting_task_still_posts_once(
-    client: httpx.Client, engine: Engine, transfer_worker: Process
+    client: httpx.Client, engine: Engine, transfer_worker: ManagedWorker
 ) -> None:
     source, destination = open_account(client), open_account(client)
     wait_final(engine, [deposit(client, source["id"], 1_000)["id"]])

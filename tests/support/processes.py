@@ -100,6 +100,36 @@ def start_worker(env: dict[str, str], log_dir: Path, *, name: str, queue: str) -
     return process
 
 
+class ManagedWorker:
+    """A worker that a test may restart; other tests see whichever process is current."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, name: str, queue: str) -> None:
+        self._args = (env, log_dir)
+        self._name, self._queue = name, queue
+        self.generation = 0
+        self.current = start_worker(env, log_dir, name=name, queue=queue)
+
+    def restart(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the current process with `sig` (warm shutdown for SIGTERM), start a new
+        one, and return the old one's exit code."""
+        self.current.stop(sig)
+        code = self.current.popen.returncode
+        self.generation += 1
+        self.current = start_worker(
+            *self._args, name=f"{self._name}{self.generation}", queue=self._queue
+        )
+        return code
+
+    def children(self) -> list[psutil.Process]:
+        return self.current.children()
+
+    def log_text(self) -> str:
+        return self.current.log_text()
+
+    def stop(self) -> None:
+        self.current.stop()
+
+
 def start_beat(env: dict[str, str], log_dir: Path) -> Process:
     return Process(
         "beat",

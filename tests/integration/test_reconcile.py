@@ -1,0 +1,205 @@
+"""`ledger reconcile` passes clean books and catches each kind of corruption we plant."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+
+from devstack import create_database
+from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.config import Settings, normalize_database_url
+from ledger_core.domain.model import TransferKind
+from ledger_core.service_layer import ledger, webhooks
+from ledger_core.service_layer.access import Scope, authenticate, create_api_key
+
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = str(Path(sys.executable).parent / "ledger")
+
+
+class AllowAll:
+    def check(self, url: str) -> None:
+        return None
+
+
+class NullCache:
+    def get(self, api_key_id: str, key: str) -> None:
+        return None
+
+    def put(self, api_key_id: str, key: str, stored: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def books(servers: tuple[str, str]) -> Iterator[dict[str, Any]]:
+    """A scratch database of its own, since these tests corrupt it on purpose."""
+    name = f"ledger_reconcile_{secrets.token_hex(4)}"
+    url = normalize_database_url(create_database(servers[0], name))
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    command.upgrade(config, "head")
+    engine = make_engine(Settings(database_url=url, redis_url=servers[1]))
+    uow_factory = partial(SqlUnitOfWork, engine)
+    key_id = authenticate(uow_factory, create_api_key(uow_factory, name="r", scope=Scope.ADMIN)[1])[
+        0
+    ]
+
+    def open_account(**fields: Any) -> str:
+        return ledger.open_account(
+            uow_factory,
+            NullCache(),
+            api_key_id=key_id,
+            idempotency_key=None,
+            request_hash="",
+            currency="USD",
+            name=None,
+            metadata={},
+            allow_overdraft=False,
+            **fields,
+        ).body["id"]
+
+    def move(kind: TransferKind, src: str | None, dst: str | None, amount: int) -> str:
+        transfer_id = ledger.accept_transfer(
+            uow_factory,
+            NullCache(),
+            lambda _id: None,
+            api_key_id=key_id,
+            idempotency_key=secrets.token_hex(8),
+            request_hash="h",
+            kind=kind,
+            source_account_id=src,
+            destination_account_id=dst,
+            amount=amount,
+            description=None,
+            metadata={},
+        ).body["id"]
+        ledger.post_transfers(uow_factory, [transfer_id])
+        return transfer_id
+
+    alice, bob = open_account(), open_account()
+    # An endpoint, so that postings leave deliveries behind (nobody attempts them here).
+    webhooks.create_endpoint(
+        uow_factory,
+        AllowAll(),
+        url="https://receiver.example/",
+        events=None,
+        account_ids=None,
+        description=None,
+    )
+    funded = move(TransferKind.DEPOSIT, None, alice, 1_000)
+    moved = move(TransferKind.TRANSFER, alice, bob, 300)
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    yield {"url": url, "plain": plain, "alice": alice, "bob": bob, "funded": funded, "moved": moved}
+    engine.dispose()
+    admin = servers[0].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reconcile(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LEDGER, "reconcile", "--pending-age-max-seconds", "60"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def corrupt(plain_url: str, *statements: str, **params: Any) -> None:
+    with psycopg.connect(plain_url, autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement, params)
+
+
+def failed_rules(result: subprocess.CompletedProcess[str]) -> set[str]:
+    return {
+        line.split()[1].rstrip(":")
+        for line in result.stdout.splitlines()
+        if line.startswith("FAIL")
+    }
+
+
+def test_clean_books_pass(books: dict[str, Any]) -> None:
+    # Deliveries just created are due now, not overdue.
+    result = reconcile(books["url"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert failed_rules(result) == set()
+    assert "ok   transfer_entries_do_not_sum_to_zero" in result.stdout
+
+
+def test_a_balance_nudged_without_an_entry_is_caught(books: dict[str, Any]) -> None:
+    corrupt(
+        books["plain"],
+        "UPDATE accounts SET balance = balance + 1 WHERE id = %(id)s",
+        id=books["bob"],
+    )
+    result = reconcile(books["url"])
+    assert result.returncode == 1
+    assert failed_rules(result) == {
+        "balance_differs_from_entries",
+        "balance_differs_from_last_balance_after",
+    }
+    assert books["bob"] in result.stdout
+
+
+def test_an_unbalanced_entry_is_caught(books: dict[str, Any]) -> None:
+    corrupt(
+        books["plain"],
+        "UPDATE entries SET amount = amount + 5 WHERE transfer_id = %(t)s AND amount > 0",
+        t=books["moved"],
+    )
+    result = reconcile(books["url"])
+    assert result.returncode == 1
+    assert {
+        "transfer_entries_do_not_sum_to_zero",
+        "currency_entries_do_not_sum_to_zero",
+        "balance_differs_from_entries",
+    } <= failed_rules(result)
+    assert books["moved"] in result.stdout
+
+
+def test_a_negative_balance_without_overdraft_is_caught(books: dict[str, Any]) -> None:
+    # The database forbids it; drop the guard to simulate a bug that slipped past both.
+    corrupt(
+        books["plain"],
+        "ALTER TABLE accounts DROP CONSTRAINT ck_accounts_no_overdraft",
+        "UPDATE accounts SET balance = -1 WHERE id = %(id)s",
+        id=books["alice"],
+    )
+    result = reconcile(books["url"])
+    assert result.returncode == 1
+    assert "negative_balance_without_overdraft" in failed_rules(result)
+
+
+def test_stuck_work_is_caught(books: dict[str, Any]) -> None:
+    corrupt(
+        books["plain"],
+        "UPDATE webhook_deliveries SET next_attempt_at = now() - interval '1 day'",
+    )
+    corrupt(
+        books["plain"],
+        "UPDATE transfers SET status = 'pending', posted_at = NULL, finalized_at = NULL,"
+        " created_at = now() - interval '1 hour' WHERE id = %(t)s",
+        t=books["funded"],
+    )
+    result = reconcile(books["url"])
+    assert result.returncode == 1
+    # A pending transfer with entries also breaks the two-entries rule.
+    assert {
+        "transfer_pending_too_long",
+        "posted_transfer_without_two_entries",
+        "webhook_delivery_overdue",
+    } <= failed_rules(result)
