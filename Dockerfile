@@ -7,8 +7,11 @@ COPY workers workers
 COPY ledger_core ledger_core
 COPY devstack devstack
 COPY migrations migrations
-COPY celeryconfig.py alembic.ini Procfile ./
+# celeryconfig is a top-level module (pyproject's py-modules); alembic.ini and migrations
+# serve `alembic upgrade head`; gunicorn reads gunicorn.conf.py from the working directory.
+COPY celeryconfig.py alembic.ini gunicorn.conf.py Procfile ./
 RUN pip install --no-cache-dir . && useradd --system --no-create-home ledger
 USER ledger
-EXPOSE 8000
+# The API; Flower; a Celery worker's metrics (METRICS_PORT).
+EXPOSE 8000 5555 9100
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "8", "api:create_app()"]

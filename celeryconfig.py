@@ -10,6 +10,8 @@ Why each matters for money:
 
 import os
 
+from kombu import Queue
+
 from ledger_core.config import redis_url_from_env
 
 broker_url = os.environ.get("CELERY_BROKER_URL") or redis_url_from_env()
@@ -49,6 +51,8 @@ task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT_SECONDS", "60"))
 worker_max_tasks_per_child = 10_000
 
 task_default_queue = "transfers"
+# Declared, so that Flower lists both queues' lengths even while no worker consumes one.
+task_queues = (Queue("transfers"), Queue("webhooks"))
 task_routes = {
     "ledger.post_transfer": {"queue": "transfers"},
     "ledger.sweep_pending_transfers": {"queue": "transfers"},

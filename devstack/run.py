@@ -8,6 +8,7 @@ when honcho exits (Ctrl-C); servers it found running are left as they were.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,13 +26,26 @@ from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, create_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
-# The processes `make run` starts; flower joins with its issue.
-DEV_PROCESSES = ("web", "worker", "webhooks", "beat")
+# The processes `make run` starts: every Procfile process but `release` (done above).
+DEV_PROCESSES = ("web", "worker", "webhooks", "beat", "flower")
 honcho_stop_timeout_seconds = 20
+flower_user = "admin"
+# prometheus_client's multiprocess mode: every process writes its samples here.
+metrics_dir = ROOT / default_data_dir / "metrics"
+
+
+def _fresh_metrics_dir(path: Path) -> Path:
+    """Empty the multiprocess metrics dir: files of earlier runs would be counted again."""
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_file() or entry.is_symlink():
+            entry.unlink()
+    return path
 
 
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
+    flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
     env = dict(os.environ)
     started_here = None
     if not (env.get("DATABASE_URL") and env.get("REDIS_URL")):
@@ -52,10 +66,16 @@ def main() -> int:
     )
     engine.dispose()
 
+    # Flower shows task arguments and can revoke tasks: a password per session.
+    flower_password = secrets.token_urlsafe(16)
     env.update(
         {
             # Listen on loopback only: this is a developer's machine.
             "BIND_HOST": "127.0.0.1",
+            "FLOWER_ADDRESS": "127.0.0.1",
+            "FLOWER_PORT": str(flower_port),
+            "FLOWER_BASIC_AUTH": f"{flower_user}:{flower_password}",
+            "PROMETHEUS_MULTIPROC_DIR": str(_fresh_metrics_dir(metrics_dir)),
             "LEDGER_DEVELOPMENT": "1",
             "PYTHONUNBUFFERED": "1",
             # The Procfile names celery and gunicorn: find this virtualenv's.
@@ -65,7 +85,9 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     print(
         f"\n  API          {base}\n  Docs         {base}/docs\n"
-        f"  Admin key    {admin_key}\n\n"
+        f"  Admin key    {admin_key}\n"
+        f"  Flower       http://127.0.0.1:{flower_port}  "
+        f"(user {flower_user}, password {flower_password})\n\n"
         f'  Try: curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts\n',
         flush=True,
     )
