@@ -87,7 +87,7 @@ def _account_record(row: Any) -> AccountRecord:
         metadata=row.metadata,
         allow_overdraft=row.allow_overdraft,
         is_system=row.is_system,
-        posted=row.balance,
+        posted=int(row.balance),
         pending_in=int(row.pending_in),
         pending_out=int(row.pending_out),
         created_at=row.created_at,
@@ -180,7 +180,7 @@ class AccountRepository:
         )
         return {
             row.id: AccountState(
-                row.id, row.currency, row.balance, row.allow_overdraft, row.is_system
+                row.id, row.currency, int(row.balance), row.allow_overdraft, row.is_system
             )
             for row in rows
         }
@@ -204,7 +204,7 @@ class AccountRepository:
             .with_for_update(key_share=True)
         )
         return {
-            row.id: AccountState(row.id, row.currency, row.balance, row.allow_overdraft)
+            row.id: AccountState(row.id, row.currency, int(row.balance), row.allow_overdraft)
             for row in rows
         }
 
@@ -366,7 +366,7 @@ class EntryRepository:
                 transfer_id=row.transfer_id,
                 account_id=row.account_id,
                 amount=row.amount,
-                balance_after=row.balance_after,
+                balance_after=int(row.balance_after),
                 created_at=row.created_at,
             )
             for row in self._c.execute(query)

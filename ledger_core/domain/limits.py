@@ -2,11 +2,13 @@
 
 from typing import Final
 
-# Amounts and balances are stored in PostgreSQL `bigint`, so both are bounded by int64.
+# Amounts are int64 (PostgreSQL bigint). Balances are 128-bit (numeric(39, 0)), as in
+# TigerBeetle: a currency's system account is minus the sum of all its deposits, and
+# int64 would let one maximal deposit exhaust it for everyone.
 amount_min: Final = 1
 amount_max: Final = 2**63 - 1
-balance_min: Final = -(2**63)
-balance_max: Final = 2**63 - 1
+balance_min: Final = -(2**127)
+balance_max: Final = 2**127 - 1
 
 request_body_size_max_bytes: Final = 64 * 1024
 idempotency_key_length_max: Final = 255

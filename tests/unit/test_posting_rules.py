@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ledger_core.domain import limits
 from ledger_core.domain.model import (
     AccountState,
     BatchResult,
@@ -19,21 +20,22 @@ from ledger_core.domain.model import (
     post_batch,
 )
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1  # the largest amount
+BALANCE_MIN = limits.balance_min
+BALANCE_MAX = limits.balance_max
 CURRENCIES = ("USD", "EUR", "JPY")
 
 # Balances and amounts cluster at the edges, where the interesting rejections live.
 non_negative_balances = st.one_of(
     st.integers(0, 1_000),
-    st.integers(INT64_MAX - 1_000, INT64_MAX),
-    st.integers(0, INT64_MAX),
+    st.integers(BALANCE_MAX - 1_000, BALANCE_MAX),
+    st.integers(0, BALANCE_MAX),
 )
 any_balances = st.one_of(
     st.integers(-1_000, 1_000),
-    st.integers(INT64_MIN, INT64_MIN + 1_000),
-    st.integers(INT64_MAX - 1_000, INT64_MAX),
-    st.integers(INT64_MIN, INT64_MAX),
+    st.integers(BALANCE_MIN, BALANCE_MIN + 1_000),
+    st.integers(BALANCE_MAX - 1_000, BALANCE_MAX),
+    st.integers(BALANCE_MIN, BALANCE_MAX),
 )
 amounts = st.one_of(
     st.integers(1, 1_500),
@@ -145,13 +147,13 @@ def test_no_unauthorised_overdraft_and_no_balance_leaves_int64(book):
     accounts, transfers = book
     result = post_batch(accounts, transfers)
     for account_id, balance in final_balances(accounts, result).items():
-        assert INT64_MIN <= balance <= INT64_MAX
+        assert BALANCE_MIN <= balance <= BALANCE_MAX
         if not accounts[account_id].allow_overdraft:
             assert balance >= 0
     for outcome in result.outcomes:
         if isinstance(outcome, Posted):
             for entry in (outcome.debit, outcome.credit):
-                assert INT64_MIN <= entry.balance_after <= INT64_MAX
+                assert BALANCE_MIN <= entry.balance_after <= BALANCE_MAX
                 if not accounts[entry.account_id].allow_overdraft:
                     assert entry.balance_after >= 0
 
@@ -197,7 +199,7 @@ def test_each_outcome_is_the_one_the_rules_call_for(book):
         source_after = running[source.id] - transfer.amount
         destination_after = running[transfer.destination_account_id] + transfer.amount
         overdrawn = source_after < 0 and not source.allow_overdraft
-        overflows = source_after < INT64_MIN or destination_after > INT64_MAX
+        overflows = source_after < BALANCE_MIN or destination_after > BALANCE_MAX
         if overdrawn:
             assert outcome == Rejected(transfer.id, RejectionReason.INSUFFICIENT_FUNDS)
         elif overflows:
@@ -290,25 +292,26 @@ def test_overdraft_account_may_go_negative():
     assert result.balances == {"a": -40, "b": 50}
 
 
-def test_credit_past_int64_max_is_rejected_as_overflow():
+def test_credit_past_balance_max_is_rejected_as_overflow():
     result = post_batch(
-        accounts_of(account("a", 10), account("b", INT64_MAX)), [TransferToPost("t1", "a", "b", 1)]
+        accounts_of(account("a", 10), account("b", BALANCE_MAX)),
+        [TransferToPost("t1", "a", "b", 1)],
     )
     assert result.outcomes == [Rejected("t1", RejectionReason.BALANCE_OVERFLOW)]
     assert result.balances == {}
 
 
-def test_credit_up_to_int64_max_posts():
+def test_credit_up_to_balance_max_posts():
     result = post_batch(
-        accounts_of(account("a", 10), account("b", INT64_MAX - 1)),
+        accounts_of(account("a", 10), account("b", BALANCE_MAX - 1)),
         [TransferToPost("t1", "a", "b", 1)],
     )
-    assert result.balances == {"a": 9, "b": INT64_MAX}
+    assert result.balances == {"a": 9, "b": BALANCE_MAX}
 
 
-def test_debit_past_int64_min_is_rejected_as_overflow_even_with_overdraft():
+def test_debit_past_balance_min_is_rejected_as_overflow_even_with_overdraft():
     result = post_batch(
-        accounts_of(account("a", INT64_MIN, overdraft=True), account("b", 0)),
+        accounts_of(account("a", BALANCE_MIN, overdraft=True), account("b", 0)),
         [TransferToPost("t1", "a", "b", 1)],
     )
     assert result.outcomes == [Rejected("t1", RejectionReason.BALANCE_OVERFLOW)]
@@ -320,6 +323,15 @@ def test_largest_amount_moves_the_whole_int64_range():
         [TransferToPost("t1", "a", "b", INT64_MAX)],
     )
     assert result.balances == {"a": 0, "b": INT64_MAX}
+
+
+def test_balances_hold_many_largest_amounts():
+    """Balances are 128-bit: one maximal deposit must not exhaust a currency's system account."""
+    system = account("sys", -INT64_MAX, overdraft=True)
+    result = post_batch(
+        accounts_of(system, account("b", INT64_MAX)), [TransferToPost("t1", "sys", "b", INT64_MAX)]
+    )
+    assert result.balances == {"sys": -2 * INT64_MAX, "b": 2 * INT64_MAX}
 
 
 def test_rejected_transfer_does_not_stop_the_next_one():
