@@ -11,12 +11,7 @@ from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, add_custom_currency, create_api_key
-from ledger_core.service_layer.reconcile import (
-    delivery_overdue_max_seconds_default,
-    pending_age_max_seconds_default,
-    reconcile,
-    report,
-)
+from ledger_core.service_layer.reconcile import reconcile, report
 
 
 def _uow_factory():  # type: ignore[no-untyped-def]
@@ -69,16 +64,17 @@ def currencies_add(code: str, exponent: int) -> None:
 @click.option(
     "--pending-age-max-seconds",
     type=float,
-    default=pending_age_max_seconds_default,
+    default=lambda: Settings().reconcile_pending_age_max_seconds,
     show_default=True,
-    help="A PENDING transfer older than this is a violation.",
+    help="A PENDING transfer older than this is a violation [RECONCILE_PENDING_AGE_MAX_SECONDS].",
 )
 @click.option(
     "--delivery-overdue-max-seconds",
     type=float,
-    default=delivery_overdue_max_seconds_default,
+    default=lambda: Settings().reconcile_delivery_overdue_max_seconds,
     show_default=True,
-    help="A webhook delivery due longer ago than this is a violation.",
+    help="A delivery due longer ago than this is a violation"
+    " [RECONCILE_DELIVERY_OVERDUE_MAX_SECONDS].",
 )
 def reconcile_command(pending_age_max_seconds: float, delivery_overdue_max_seconds: float) -> None:
     """Check the books; print a report; exit 1 on any violation."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -42,7 +43,8 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
     redis_client = make_redis(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds
     )
-    celery = make_celery(broker_url or settings.redis_url)
+    # The same broker the workers consume: CELERY_BROKER_URL when set, else REDIS_URL.
+    celery = make_celery(broker_url or os.environ.get("CELERY_BROKER_URL") or settings.redis_url)
 
     def headers() -> dict[str, str | None]:
         return {REQUEST_ID_HEADER: structlog.contextvars.get_contextvars().get("request_id")}

@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -28,16 +27,9 @@ from ledger_core.config import Settings, normalize_database_url
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import ledger
 from ledger_core.service_layer.access import Scope, authenticate, create_api_key
+from ledger_core.service_layer.ports import NullIdempotencyCache
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class NullCache:
-    def get(self, api_key_id: str, key: str) -> None:
-        return None
-
-    def put(self, api_key_id: str, key: str, stored: Any) -> None:
-        pass
 
 
 def run(database_url: str, transfers: int, accounts: int, batch: int, threads: int) -> None:
@@ -51,7 +43,7 @@ def run(database_url: str, transfers: int, accounts: int, batch: int, threads: i
     def open_account() -> str:
         return ledger.open_account(
             uow,
-            NullCache(),
+            NullIdempotencyCache(),
             api_key_id=key_id,
             idempotency_key=None,
             request_hash="",
@@ -64,7 +56,7 @@ def run(database_url: str, transfers: int, accounts: int, batch: int, threads: i
     def accept(i: int, ids: list[str]) -> str:
         return ledger.accept_transfer(
             uow,
-            NullCache(),
+            NullIdempotencyCache(),
             lambda _id: None,
             api_key_id=key_id,
             idempotency_key=secrets.token_hex(12),

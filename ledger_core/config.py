@@ -56,9 +56,6 @@ class Settings:
     sweeper_pending_age_min_seconds: int = field(
         default_factory=lambda: _int_env("SWEEPER_PENDING_AGE_MIN_SECONDS", 30)
     )
-    sweeper_interval_seconds: int = field(
-        default_factory=lambda: _int_env("SWEEPER_INTERVAL_SECONDS", 10)
-    )
     sweeper_batch_size_max: int = field(
         default_factory=lambda: _int_env("SWEEPER_BATCH_SIZE_MAX", 500)
     )
@@ -80,9 +77,6 @@ class Settings:
     )
     webhook_retry_schedule_seconds: tuple[float, ...] = field(
         default_factory=lambda: _schedule_env("WEBHOOK_RETRY_SCHEDULE_SECONDS")
-    )
-    webhook_scheduler_interval_seconds: float = field(
-        default_factory=lambda: _float_env("WEBHOOK_SCHEDULER_INTERVAL_SECONDS", 5.0)
     )
     # A queued delivery task not run by then is enqueued again (the first may be lost).
     webhook_requeue_after_seconds: float = field(

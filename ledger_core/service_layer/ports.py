@@ -64,3 +64,13 @@ class NullMetrics:
 
 
 NULL_METRICS = NullMetrics()
+
+
+class NullIdempotencyCache:
+    """No cache: every request goes to PostgreSQL (tools, tests, Redis-less setups)."""
+
+    def get(self, api_key_id: str, key: str) -> StoredResponse | None:
+        return None
+
+    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None:
+        pass

@@ -21,8 +21,8 @@ from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWork
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.domain.model import TransferKind
-from ledger_core.service_layer import ledger, webhooks
-from ledger_core.service_layer.access import Scope, authenticate, create_api_key
+from ledger_core.service_layer import webhooks
+from tests.support.books import Books
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = str(Path(sys.executable).parent / "ledger")
@@ -31,14 +31,6 @@ LEDGER = str(Path(sys.executable).parent / "ledger")
 class AllowAll:
     def check(self, url: str) -> None:
         return None
-
-
-class NullCache:
-    def get(self, api_key_id: str, key: str) -> None:
-        return None
-
-    def put(self, api_key_id: str, key: str, stored: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -51,43 +43,8 @@ def books(servers: tuple[str, str]) -> Iterator[dict[str, Any]]:
     command.upgrade(config, "head")
     engine = make_engine(Settings(database_url=url, redis_url=servers[1]))
     uow_factory = partial(SqlUnitOfWork, engine)
-    key_id = authenticate(uow_factory, create_api_key(uow_factory, name="r", scope=Scope.ADMIN)[1])[
-        0
-    ]
-
-    def open_account(**fields: Any) -> str:
-        return ledger.open_account(
-            uow_factory,
-            NullCache(),
-            api_key_id=key_id,
-            idempotency_key=None,
-            request_hash="",
-            currency="USD",
-            name=None,
-            metadata={},
-            allow_overdraft=False,
-            **fields,
-        ).body["id"]
-
-    def move(kind: TransferKind, src: str | None, dst: str | None, amount: int) -> str:
-        transfer_id = ledger.accept_transfer(
-            uow_factory,
-            NullCache(),
-            lambda _id: None,
-            api_key_id=key_id,
-            idempotency_key=secrets.token_hex(8),
-            request_hash="h",
-            kind=kind,
-            source_account_id=src,
-            destination_account_id=dst,
-            amount=amount,
-            description=None,
-            metadata={},
-        ).body["id"]
-        ledger.post_transfers(uow_factory, [transfer_id])
-        return transfer_id
-
-    alice, bob = open_account(), open_account()
+    made = Books(uow_factory)
+    alice, bob = made.open_account(), made.open_account()
     # An endpoint, so that postings leave deliveries behind (nobody attempts them here).
     webhooks.create_endpoint(
         uow_factory,
@@ -97,8 +54,8 @@ def books(servers: tuple[str, str]) -> Iterator[dict[str, Any]]:
         account_ids=None,
         description=None,
     )
-    funded = move(TransferKind.DEPOSIT, None, alice, 1_000)
-    moved = move(TransferKind.TRANSFER, alice, bob, 300)
+    funded = made.move(TransferKind.DEPOSIT, None, alice, 1_000)
+    moved = made.move(TransferKind.TRANSFER, alice, bob, 300)
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     yield {"url": url, "plain": plain, "alice": alice, "bob": bob, "funded": funded, "moved": moved}
     engine.dispose()

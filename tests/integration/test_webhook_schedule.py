@@ -6,7 +6,6 @@ worker never finds these deliveries due.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from ledger_core.adapters.webhook_http import AttemptResult, signature_headers
 from ledger_core.domain.model import TransferKind
 from ledger_core.domain.webhooks import DeliveryStatus, signing_secrets
 from ledger_core.service_layer import ledger, webhooks
-from ledger_core.service_layer.access import Scope, authenticate, create_api_key
+from tests.support.books import Books
 
 FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3650)
 SCHEDULE = (5.0, 60.0, 3600.0)
@@ -31,14 +30,6 @@ REQUEUE_AFTER_SECONDS = 60
 class AllowAll:
     def check(self, url: str) -> str | None:
         return None
-
-
-class NullCache:
-    def get(self, api_key_id: str, key: str) -> None:
-        return None
-
-    def put(self, api_key_id: str, key: str, stored: Any) -> None:
-        pass
 
 
 @dataclass
@@ -67,20 +58,8 @@ class ScriptedSender:
 
 @pytest.fixture
 def setting(uow_factory: Any) -> Iterator[dict[str, Any]]:
-    secret = create_api_key(uow_factory, name="schedule", scope=Scope.ADMIN)[1]
-    key_id = authenticate(uow_factory, secret)[0]
-    opened = ledger.open_account(
-        uow_factory,
-        NullCache(),
-        api_key_id=key_id,
-        idempotency_key=None,
-        request_hash="",
-        currency="USD",
-        name=None,
-        metadata={},
-        allow_overdraft=False,
-    )
-    account_id = opened.body["id"]
+    books = Books(uow_factory, name="schedule")
+    account_id = books.open_account()
     endpoint = webhooks.create_endpoint(
         uow_factory,
         AllowAll(),
@@ -89,26 +68,12 @@ def setting(uow_factory: Any) -> Iterator[dict[str, Any]]:
         account_ids=[account_id],
         description=None,
     )
-    yield {"key_id": key_id, "account_id": account_id, "endpoint": endpoint}
+    yield {"books": books, "account_id": account_id, "endpoint": endpoint}
     webhooks.update_endpoint(uow_factory, AllowAll(), endpoint["id"], {"status": "disabled"})
 
 
 def accept_deposit(uow_factory: Any, setting: dict[str, Any], amount: int = 10) -> str:
-    response = ledger.accept_transfer(
-        uow_factory,
-        NullCache(),
-        lambda _id: None,
-        api_key_id=setting["key_id"],
-        idempotency_key=secrets.token_hex(8),
-        request_hash="h",
-        kind=TransferKind.DEPOSIT,
-        source_account_id=None,
-        destination_account_id=setting["account_id"],
-        amount=amount,
-        description=None,
-        metadata={},
-    )
-    return response.body["id"]
+    return setting["books"].accept(TransferKind.DEPOSIT, None, setting["account_id"], amount)
 
 
 def posted_delivery(uow_factory: Any, setting: dict[str, Any], clock: Clock) -> str:

@@ -18,6 +18,7 @@ import psutil
 VENV_BIN = Path(sys.executable).parent
 start_timeout_seconds = 60
 stop_timeout_seconds = 15
+worker_grace_period_seconds = 75
 
 
 def free_port() -> int:
@@ -54,12 +55,14 @@ class Process:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name}: {what} not reached:\n{self.log_text()[-4000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(
+        self, sig: int = signal.SIGTERM, timeout_seconds: float = stop_timeout_seconds
+    ) -> None:
         """SIGTERM (graceful), then SIGKILL the whole process group if it lingers."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
-                self.popen.wait(stop_timeout_seconds)
+                self.popen.wait(timeout_seconds)
             except subprocess.TimeoutExpired:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.popen.wait(stop_timeout_seconds)
@@ -112,7 +115,8 @@ class ManagedWorker:
     def restart(self, sig: int = signal.SIGTERM) -> int:
         """Stop the current process with `sig` (warm shutdown for SIGTERM), start a new
         one, and return the old one's exit code."""
-        self.current.stop(sig)
+        # As long as a deployment's grace period: a warm shutdown may take a while.
+        self.current.stop(sig, timeout_seconds=worker_grace_period_seconds)
         code = self.current.popen.returncode
         self.generation += 1
         self.current = start_worker(
