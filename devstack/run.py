@@ -104,6 +104,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second SIGTERM (a supervisor's group kill) must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if honcho.poll() is None:
             honcho.terminate()
             try:
