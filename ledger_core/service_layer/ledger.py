@@ -25,7 +25,7 @@ from ledger_core.service_layer.pagination import (
     InvalidCursorError,
     Page,
     decode_cursor,
-    encode_cursor,
+    page_of,
 )
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
@@ -269,10 +269,8 @@ def list_accounts(
     except InvalidCursorError:
         return _invalid_cursor()
     with uow_factory() as uow:
-        # One row more than asked tells whether another page exists.
         records = uow.accounts.list_page(after_id=after_id, limit=limit + 1)
-    page, more = records[:limit], len(records) > limit
-    return Page([r.to_json() for r in page], encode_cursor(page[-1].id) if more and page else None)
+    return page_of(records, limit)
 
 
 def list_entries(
@@ -287,5 +285,4 @@ def list_entries(
         if uow.accounts.get(account_id) is None:
             return Failure("account_not_found", "No such account.")
         records = uow.entries.list_page(account_id, after_id=after_id, limit=limit + 1)
-    page, more = records[:limit], len(records) > limit
-    return Page([r.to_json() for r in page], encode_cursor(page[-1].id) if more and page else None)
+    return page_of(records, limit)

@@ -32,3 +32,11 @@ class Page:
 
     def to_json(self) -> dict[str, Any]:
         return {"object": "list", "data": self.data, "next_cursor": self.next_cursor}
+
+
+def page_of(records: list[Any], limit: int) -> Page:
+    """`records` holds up to limit + 1 rows: one more than asked tells whether another
+    page exists, without a count."""
+    shown = records[:limit]
+    more = len(records) > limit and bool(shown)
+    return Page([r.to_json() for r in shown], encode_cursor(shown[-1].id) if more else None)

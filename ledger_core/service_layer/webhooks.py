@@ -34,7 +34,7 @@ from ledger_core.service_layer.pagination import (
     InvalidCursorError,
     Page,
     decode_cursor,
-    encode_cursor,
+    page_of,
 )
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
@@ -130,9 +130,7 @@ def list_endpoints(
         return Failure("invalid_cursor", "The cursor is not one this API returned.")
     with uow_factory() as uow:
         records = uow.endpoints.list_page(after_id=after_id, limit=limit + 1)
-    page = records[:limit]
-    more = len(records) > limit
-    return Page([r.to_json() for r in page], encode_cursor(page[-1].id) if more else None)
+    return page_of(records, limit)
 
 
 def update_endpoint(
@@ -275,9 +273,7 @@ def list_deliveries(
         if uow.endpoints.get(endpoint_id) is None:
             return _not_found("webhook_endpoint")
         records = uow.deliveries.list_page(endpoint_id, after_id=after_id, limit=limit + 1)
-    page = records[:limit]
-    more = len(records) > limit
-    return Page([r.to_json() for r in page], encode_cursor(page[-1].id) if more else None)
+    return page_of(records, limit)
 
 
 def get_delivery(uow_factory: UnitOfWorkFactory, delivery_id: str) -> dict[str, Any] | Failure:
