@@ -63,33 +63,35 @@ def test_sigterm_lets_the_api_finish_a_request_in_flight(
             timeout=60,
         )
 
-    with engine.connect() as blocker:
-        # FOR UPDATE blocks the new transfer's foreign-key check: the request is held
-        # inside its database transaction until we let go.
-        blocker.execute(
-            text("SELECT 1 FROM accounts WHERE id = :id FOR UPDATE"), {"id": account["id"]}
-        )
-        sender = threading.Thread(target=deposit)
-        sender.start()
-        deadline = time.monotonic() + lock_wait_timeout_seconds
-        while time.monotonic() < deadline:
-            # A connection of its own: pg_stat_activity is a snapshot per transaction.
-            with engine.connect() as watcher:
-                waiting = watcher.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND datname = current_database()"
+    try:
+        with engine.connect() as blocker:
+            # FOR UPDATE blocks the new transfer's foreign-key check: the request is held
+            # inside its database transaction until we let go.
+            blocker.execute(
+                text("SELECT 1 FROM accounts WHERE id = :id FOR UPDATE"), {"id": account["id"]}
+            )
+            sender = threading.Thread(target=deposit)
+            sender.start()
+            deadline = time.monotonic() + lock_wait_timeout_seconds
+            while time.monotonic() < deadline:
+                # A connection of its own: pg_stat_activity is a snapshot per transaction.
+                with engine.connect() as watcher:
+                    waiting = watcher.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()"
+                        )
                     )
-                )
-            if waiting:
-                break
-            time.sleep(0.1)
-        assert waiting, f"the request never waited for the lock: {result}"
-        process.popen.send_signal(signal.SIGTERM)
-        time.sleep(1)
-        assert process.popen.poll() is None, "gunicorn quit with a request in flight"
-        blocker.rollback()
-    sender.join(lock_wait_timeout_seconds)
-    assert result["response"].status_code == 202
-    assert process.popen.wait(lock_wait_timeout_seconds) == 0
-    process.stop()
+                if waiting:
+                    break
+                time.sleep(0.1)
+            assert waiting, f"the request never waited for the lock: {result}"
+            process.popen.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            assert process.popen.poll() is None, "gunicorn quit with a request in flight"
+            blocker.rollback()
+        sender.join(lock_wait_timeout_seconds)
+        assert result["response"].status_code == 202
+        assert process.popen.wait(lock_wait_timeout_seconds) == 0
+    finally:
+        process.stop()  # stopped by PID even when an assertion failed
