@@ -11,7 +11,6 @@ import logging
 
 import redis
 
-from ledger_core.domain import limits
 from ledger_core.service_layer.ports import StoredResponse
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,12 @@ class RedisIdempotencyCache:
             return None
         return request_hash, status_code, body
 
-    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None:
+    def put(self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float) -> None:
+        """Keep the copy no longer than PostgreSQL keeps the key (`ttl_seconds` left)."""
+        if ttl_seconds < 1:
+            return
         try:
-            self._redis.set(
-                self._key(api_key_id, key),
-                json.dumps(stored),
-                ex=limits.idempotency_ttl_seconds,
-            )
+            self._redis.set(self._key(api_key_id, key), json.dumps(stored), ex=int(ttl_seconds))
         except redis.RedisError:
             log.warning("idempotency cache write failed; PostgreSQL has it", exc_info=True)
 

@@ -379,20 +379,26 @@ class IdempotencyRepository:
 
     def get(
         self, api_key_id: str, key: str, *, ttl_seconds: int
-    ) -> tuple[str, int, dict[str, Any]] | None:
-        """The stored response under this key, unless it is older than `ttl_seconds`."""
+    ) -> tuple[tuple[str, int, dict[str, Any]], float] | None:
+        """The stored response under this key and the seconds it has left, unless it is
+        older than `ttl_seconds`."""
+        expires_at = t.idempotency_keys.c.created_at + timedelta(seconds=ttl_seconds)
         row = self._c.execute(
             select(
                 t.idempotency_keys.c.request_hash,
                 t.idempotency_keys.c.status_code,
                 t.idempotency_keys.c.response_body,
+                func.extract("epoch", expires_at - func.now()).label("expires_in"),
             ).where(
                 tuple_(t.idempotency_keys.c.api_key_id, t.idempotency_keys.c.key)
                 == (api_key_id, key),
                 t.idempotency_keys.c.created_at >= func.now() - timedelta(seconds=ttl_seconds),
             )
         ).first()
-        return None if row is None else (row.request_hash, row.status_code, row.response_body)
+        if row is None:
+            return None
+        stored = (row.request_hash, row.status_code, row.response_body)
+        return stored, float(row.expires_in)
 
     def put(
         self,

@@ -67,11 +67,12 @@ def run_idempotent(
                     "A request with this Idempotency-Key is still being processed.",
                     {"retry_after_seconds": 1},
                 )
-            stored = uow.idempotency.get(
-                api_key_id, key, ttl_seconds=limits.idempotency_ttl_seconds
-            )
-            if stored is not None:
-                cache.put(api_key_id, key, stored)
+            found = uow.idempotency.get(api_key_id, key, ttl_seconds=limits.idempotency_ttl_seconds)
+            if found is not None:
+                stored, expires_in_seconds = found
+                # Only for what is left of the key's life: a full fresh TTL here would
+                # let Redis answer for a key PostgreSQL has already let go of.
+                cache.put(api_key_id, key, stored, ttl_seconds=expires_in_seconds)
                 return _replay(stored, request_hash)
 
         outcome = action(uow)
@@ -89,7 +90,12 @@ def run_idempotent(
         uow.commit()
 
     if key is not None:
-        cache.put(api_key_id, key, (request_hash, response.status_code, response.body))
+        cache.put(
+            api_key_id,
+            key,
+            (request_hash, response.status_code, response.body),
+            ttl_seconds=limits.idempotency_ttl_seconds,
+        )
     if after_commit is not None:
         after_commit()
     return response

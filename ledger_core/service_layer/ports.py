@@ -15,7 +15,9 @@ class IdempotencyCache(Protocol):
 
     def get(self, api_key_id: str, key: str) -> StoredResponse | None: ...
 
-    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None: ...
+    def put(
+        self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float
+    ) -> None: ...
 
 
 # Publishes one posting task. Called only after the transfer's transaction committed.
@@ -72,5 +74,5 @@ class NullIdempotencyCache:
     def get(self, api_key_id: str, key: str) -> StoredResponse | None:
         return None
 
-    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None:
+    def put(self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float) -> None:
         pass

@@ -443,11 +443,14 @@ class FakeEntries(_Repository):
 
 
 class FakeIdempotency(_Repository):
-    def get(self, api_key_id: str, key: str, *, ttl_seconds: int) -> StoredResponse | None:
+    def get(
+        self, api_key_id: str, key: str, *, ttl_seconds: int
+    ) -> tuple[StoredResponse, float] | None:
         row = self._s.idempotency.get((api_key_id, key))
         if row is None or row.created_at < self._now() - timedelta(seconds=ttl_seconds):
             return None
-        return row.request_hash, row.status_code, copy.deepcopy(row.response_body)
+        expires_in = (row.created_at + timedelta(seconds=ttl_seconds) - self._now()).total_seconds()
+        return (row.request_hash, row.status_code, copy.deepcopy(row.response_body)), expires_in
 
     def put(
         self,
@@ -540,6 +543,7 @@ class FakeIdempotencyCache:
 
     def __init__(self) -> None:
         self.data: dict[tuple[str, str], str] = {}
+        self.ttls: dict[tuple[str, str], float] = {}
         self.gets = 0
         self.puts = 0
 
@@ -551,9 +555,10 @@ class FakeIdempotencyCache:
         request_hash, status_code, body = json.loads(raw)
         return request_hash, status_code, body
 
-    def put(self, api_key_id: str, key: str, stored: StoredResponse) -> None:
+    def put(self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float) -> None:
         self.puts += 1
         self.data[(api_key_id, key)] = json.dumps(stored)
+        self.ttls[(api_key_id, key)] = ttl_seconds
 
     def forget(self) -> None:
         """Lose everything, as Redis may after a restart."""

@@ -501,7 +501,7 @@ def test_replay_from_the_database_when_the_cache_forgot(store, cache):
 
 
 def test_cache_hit_does_not_touch_the_database(store, cache):
-    cache.put(TEST_API_KEY_ID, "k1", ("h1", 202, {"cached": True}))
+    cache.put(TEST_API_KEY_ID, "k1", ("h1", 202, {"cached": True}), ttl_seconds=60)
     action = Action()
     result = idempotent(store, cache, action)
     assert result == Response(202, {"cached": True}, replayed=True)
@@ -579,6 +579,22 @@ def test_expired_key_acts_again(store, cache):
     result = idempotent(store, cache, action, request_hash="h2")
     assert result == Response(201, {"run": 2})
     assert store.state.idempotency[(TEST_API_KEY_ID, "k1")].request_hash == "h2"
+
+
+def test_fresh_response_is_cached_for_the_full_ttl(store, cache):
+    idempotent(store, cache, Action())
+    assert cache.ttls[(TEST_API_KEY_ID, "k1")] == limits.idempotency_ttl_seconds
+
+
+def test_refilled_cache_lives_only_as_long_as_the_stored_key(store, cache):
+    """A replay 23 hours in refills Redis for the hour left, not for a fresh 24 hours,
+    or Redis would go on refusing a key PostgreSQL already lets be used again."""
+    idempotent(store, cache, Action())
+    cache.forget()
+    store.advance(limits.idempotency_ttl_seconds - 3600)
+    replayed = idempotent(store, cache, Action())
+    assert replayed.replayed
+    assert 3590 <= cache.ttls[(TEST_API_KEY_ID, "k1")] <= 3600
 
 
 def test_request_fingerprint_ignores_key_order_only():
