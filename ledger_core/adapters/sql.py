@@ -132,10 +132,18 @@ class AccountRepository:
         )
         self._c.execute(statement)
 
-    def system_account_id(self, currency: str) -> str | None:
-        return self._c.scalar(
-            select(t.accounts.c.id).where(t.accounts.c.currency == currency, t.accounts.c.is_system)
-        )
+    def system_state(self, currency: str) -> AccountState | None:
+        row = self._c.execute(
+            select(
+                t.accounts.c.id,
+                t.accounts.c.currency,
+                t.accounts.c.balance,
+                t.accounts.c.allow_overdraft,
+            ).where(t.accounts.c.currency == currency, t.accounts.c.is_system)
+        ).first()
+        if row is None:
+            return None
+        return AccountState(row.id, row.currency, int(row.balance), row.allow_overdraft, True)
 
     def _select(self) -> Any:
         pending = t.transfers.alias("p")

@@ -21,12 +21,7 @@ from ledger_core.domain.model import (
 from ledger_core.domain.records import TransferRecord
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import ActionResult, run_idempotent
-from ledger_core.service_layer.pagination import (
-    InvalidCursorError,
-    Page,
-    decode_cursor,
-    page_of,
-)
+from ledger_core.service_layer.pagination import Page, cursor_key, page_of
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
     EnqueueDeliveries,
@@ -117,19 +112,20 @@ def accept_transfer(
     """
 
     def action(uow: Any) -> ActionResult | Failure:
-        named = [i for i in (source_account_id, destination_account_id) if i is not None]
-        states = uow.accounts.states(named)
-        client_account = states.get(named[0]) if named else None
-        if client_account is None and kind is not TransferKind.TRANSFER:
-            return Failure(AcceptError.ACCOUNT_NOT_FOUND.value, "No such account.")
-        source_id, destination_id = source_account_id, destination_account_id
-        if kind is TransferKind.DEPOSIT:
-            source_id = uow.accounts.system_account_id(client_account.currency)
-        elif kind is TransferKind.WITHDRAWAL:
-            destination_id = uow.accounts.system_account_id(client_account.currency)
-        if kind is not TransferKind.TRANSFER:
-            states = uow.accounts.states([source_id, destination_id])
-        source, destination = states.get(source_id), states.get(destination_id)
+        states = uow.accounts.states(
+            [i for i in (source_account_id, destination_account_id) if i is not None]
+        )
+        source = states.get(source_account_id) if source_account_id else None
+        destination = states.get(destination_account_id) if destination_account_id else None
+        # The other side of a deposit or a withdrawal is the system account of the client
+        # account's currency (opened with the first account of that currency).
+        client = destination if kind is TransferKind.DEPOSIT else source
+        if kind is not TransferKind.TRANSFER and client is not None:
+            system = uow.accounts.system_state(client.currency)
+            if kind is TransferKind.DEPOSIT:
+                source = system
+            else:
+                destination = system
         error = check_transfer(kind, source, destination, amount)
         if error is not None:
             return Failure(error.value, ACCEPT_ERROR_DETAILS[error])
@@ -257,17 +253,12 @@ def get_transfer(uow_factory: UnitOfWorkFactory, transfer_id: str) -> dict[str, 
     return record.to_json()
 
 
-def _invalid_cursor() -> Failure:
-    return Failure("invalid_cursor", "The cursor is not one this API returned.")
-
-
 def list_accounts(
     uow_factory: UnitOfWorkFactory, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    try:
-        after_id = None if cursor is None else decode_cursor(cursor)
-    except InvalidCursorError:
-        return _invalid_cursor()
+    after_id = cursor_key(cursor)
+    if isinstance(after_id, Failure):
+        return after_id
     with uow_factory() as uow:
         records = uow.accounts.list_page(after_id=after_id, limit=limit + 1)
     return page_of(records, limit)
@@ -277,12 +268,11 @@ def list_entries(
     uow_factory: UnitOfWorkFactory, account_id: str, *, cursor: str | None, limit: int
 ) -> Page | Failure:
     """Entries of one account in posting order, oldest first (ascending entry id)."""
-    try:
-        after_id = None if cursor is None else int(decode_cursor(cursor))
-    except (InvalidCursorError, ValueError):
-        return _invalid_cursor()
+    after_id = cursor_key(cursor, int)
+    if isinstance(after_id, Failure):
+        return after_id
     with uow_factory() as uow:
-        if uow.accounts.get(account_id) is None:
+        if not uow.accounts.states([account_id]):
             return Failure("account_not_found", "No such account.")
         records = uow.entries.list_page(account_id, after_id=after_id, limit=limit + 1)
     return page_of(records, limit)

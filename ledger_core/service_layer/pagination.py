@@ -2,8 +2,11 @@
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from ledger_core.service_layer.errors import Failure
 
 
 class InvalidCursorError(ValueError):
@@ -40,3 +43,13 @@ def page_of(records: list[Any], limit: int) -> Page:
     shown = records[:limit]
     more = len(records) > limit and bool(shown)
     return Page([r.to_json() for r in shown], encode_cursor(shown[-1].id) if more else None)
+
+
+def cursor_key(cursor: str | None, parse: Callable[[str], Any] = str) -> Any:
+    """The key a cursor points after (None for the first page), or a Failure."""
+    if cursor is None:
+        return None
+    try:
+        return parse(decode_cursor(cursor))
+    except (InvalidCursorError, ValueError):
+        return Failure("invalid_cursor", "The cursor is not one this API returned.")

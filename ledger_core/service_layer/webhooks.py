@@ -30,12 +30,7 @@ from ledger_core.domain.webhooks import (
     signing_secrets,
 )
 from ledger_core.service_layer.errors import Failure
-from ledger_core.service_layer.pagination import (
-    InvalidCursorError,
-    Page,
-    decode_cursor,
-    page_of,
-)
+from ledger_core.service_layer.pagination import Page, cursor_key, page_of
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
     EnqueueDeliveries,
@@ -72,6 +67,15 @@ def _check_events(events: Sequence[str]) -> Failure | None:
     return None
 
 
+def _check_url(guard: UrlGuard, url: str) -> Failure | None:
+    problem = guard.check(url)
+    return (
+        None
+        if problem is None
+        else Failure(problem, f"This URL cannot receive webhooks ({problem}).")
+    )
+
+
 def _check_accounts(uow: Any, account_ids: Sequence[str] | None) -> Failure | None:
     if not account_ids:
         return None
@@ -90,9 +94,9 @@ def create_endpoint(
     account_ids: Sequence[str] | None,
     description: str | None,
 ) -> dict[str, Any] | Failure:
-    problem = guard.check(url)
-    if problem is not None:
-        return Failure(problem, f"This URL cannot receive webhooks ({problem}).")
+    failure = _check_url(guard, url)
+    if failure is not None:
+        return failure
     event_list = list(events) if events is not None else [e.value for e in EventType]
     failure = _check_events(event_list)
     if failure is not None:
@@ -124,10 +128,9 @@ def get_endpoint(uow_factory: UnitOfWorkFactory, endpoint_id: str) -> dict[str, 
 def list_endpoints(
     uow_factory: UnitOfWorkFactory, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    try:
-        after_id = None if cursor is None else decode_cursor(cursor)
-    except InvalidCursorError:
-        return Failure("invalid_cursor", "The cursor is not one this API returned.")
+    after_id = cursor_key(cursor)
+    if isinstance(after_id, Failure):
+        return after_id
     with uow_factory() as uow:
         records = uow.endpoints.list_page(after_id=after_id, limit=limit + 1)
     return page_of(records, limit)
@@ -147,14 +150,14 @@ def update_endpoint(
         if required in changes and changes[required] is None:
             return Failure("validation_error", f"{required} cannot be null.")
     if "url" in changes:
-        problem = guard.check(changes["url"])
-        if problem is not None:
-            return Failure(problem, f"This URL cannot receive webhooks ({problem}).")
+        failure = _check_url(guard, changes["url"])
+        if failure is not None:
+            return failure
     if "events" in changes:
         failure = _check_events(changes["events"])
         if failure is not None:
             return failure
-    values = dict(changes)
+    values = changes
     if "status" in values:
         # Enabling again gives the endpoint a fresh five days before it is judged failing.
         values["disabled_reason"] = None if values["status"] == "enabled" else "manual"
@@ -265,10 +268,9 @@ def get_event(uow_factory: UnitOfWorkFactory, event_id: str) -> dict[str, Any] |
 def list_deliveries(
     uow_factory: UnitOfWorkFactory, endpoint_id: str, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    try:
-        after_id = None if cursor is None else decode_cursor(cursor)
-    except InvalidCursorError:
-        return Failure("invalid_cursor", "The cursor is not one this API returned.")
+    after_id = cursor_key(cursor)
+    if isinstance(after_id, Failure):
+        return after_id
     with uow_factory() as uow:
         if uow.endpoints.get(endpoint_id) is None:
             return _not_found("webhook_endpoint")

@@ -256,6 +256,10 @@ class FakeAccounts(_Repository):
         assert len(ids) <= 1, "uq_accounts_system_currency violated"
         return ids[0] if ids else None
 
+    def system_state(self, currency: str) -> AccountState | None:
+        system_id = self.system_account_id(currency)
+        return None if system_id is None else self.states([system_id])[system_id]
+
     def _record(self, row: AccountRow) -> AccountRecord:
         pending = [
             t.record
