@@ -12,7 +12,10 @@ import os
 
 from kombu import Queue
 
-from ledger_core.config import redis_url_from_env
+from ledger_core.config import posting_queue, redis_url_from_env
+
+POSTING_SHARDS = int(os.environ.get("POSTING_SHARDS", "1"))
+POSTING_QUEUES = [posting_queue(shard, POSTING_SHARDS) for shard in range(POSTING_SHARDS)]
 
 broker_url = os.environ.get("CELERY_BROKER_URL") or redis_url_from_env()
 broker_connection_retry_on_startup = True
@@ -41,7 +44,9 @@ result_backend = None
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-# A task that raised is not requeued blindly; each task decides its retries.
+# A task that raised (or hit its time limit) is acknowledged, not requeued blindly: each
+# task decides its own retries, and the sweeper and the webhook scheduler find what is
+# left in PostgreSQL. (Celery 5.7 settings; tests check every name here is Celery's.)
 task_acks_on_failure = True
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
@@ -50,18 +55,21 @@ task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT_SECONDS", "60"))
 # Recycle processes now and then so that a slow leak cannot grow without bound.
 worker_max_tasks_per_child = 10_000
 
-task_default_queue = "transfers"
-# Declared, so that Flower lists both queues' lengths even while no worker consumes one.
-task_queues = (Queue("transfers"), Queue("webhooks"))
+task_default_queue = "housekeeping"
+# Declared, so that Flower lists every queue's length even while no worker consumes one.
+task_queues = tuple(Queue(name) for name in (*POSTING_QUEUES, "webhooks", "housekeeping"))
 task_routes = {
-    "ledger.post_transfer": {"queue": "transfers"},
-    "ledger.sweep_pending_transfers": {"queue": "transfers"},
-    "ledger.prune_idempotency_keys": {"queue": "transfers"},
-    "ledger.reconcile": {"queue": "transfers"},
+    # Wake-ups of the posting workers; the publisher names the shard's queue.
+    "ledger.post_pending": {"queue": POSTING_QUEUES[0]},
     # Slow receivers must never hold up postings: deliveries have their own queue and
     # their own worker processes.
     "ledger.deliver_webhook": {"queue": "webhooks"},
-    "ledger.enqueue_due_webhooks": {"queue": "webhooks"},
+    # Periodic work has its own queue and worker, so that neither a posting backlog nor
+    # a webhook backlog can delay it past its expiry.
+    "ledger.sweep_pending_transfers": {"queue": "housekeeping"},
+    "ledger.enqueue_due_webhooks": {"queue": "housekeeping"},
+    "ledger.reconcile": {"queue": "housekeeping"},
+    "ledger.prune_idempotency_keys": {"queue": "housekeeping"},
 }
 
 # Logging is ours (JSON with request, task and transfer ids): see workers/celery_app.py.

@@ -23,10 +23,12 @@ from ledger_core.adapters.metrics import (
 )
 from ledger_core.config import Settings
 from ledger_core.domain import limits
+from ledger_core.service_layer.errors import StorageUnavailableError
 
 log = structlog.get_logger(__name__)
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+database_retry_after_seconds = 1
 HTTP_EXCEPTION_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -90,8 +92,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             return error
         detail = error.description or ""
         if status == 413:
-            detail = f"The body is larger than {limits.request_body_size_max_bytes} bytes."
+            size_max = request.max_content_length or limits.request_body_size_max_bytes
+            detail = f"The body is larger than {size_max} bytes."
         return problem_response(code, detail)
+
+    @app.errorhandler(StorageUnavailableError)
+    def on_storage_unavailable(error: StorageUnavailableError) -> Any:
+        # Nothing was committed, or the commit was cut off: a retry with the same
+        # Idempotency-Key is safe either way.
+        log.warning("database unavailable", error=str(error)[:200])
+        return problem_response(
+            "database_unavailable",
+            "The database does not answer; retry with the same Idempotency-Key.",
+            headers={"Retry-After": str(database_retry_after_seconds)},
+        )
 
     @app.errorhandler(Exception)
     def on_unexpected(error: Exception) -> Any:

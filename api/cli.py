@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import sys
-from functools import partial
 
 import click
 
 from ledger_core.adapters.database import make_engine
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, add_custom_currency, create_api_key
+from ledger_core.service_layer.posting import release_quarantined
 from ledger_core.service_layer.reconcile import reconcile, report
 
 
-def _uow_factory():  # type: ignore[no-untyped-def]
-    return partial(SqlUnitOfWork, make_engine(Settings()))
+def _uow_factory() -> SqlUnitOfWorkFactory:
+    return SqlUnitOfWorkFactory(make_engine(Settings()))
 
 
 @click.group()
@@ -58,6 +58,22 @@ def currencies_add(code: str, exponent: int) -> None:
         click.echo(f"error: {failure.code}: {failure.detail}", err=True)
         sys.exit(1)
     click.echo(f"added {code} (exponent {exponent})", err=True)
+
+
+@main.group("transfers")
+def transfers() -> None:
+    """Operate on transfers."""
+
+
+@transfers.command("release")
+@click.argument("transfer_id")
+def transfers_release(transfer_id: str) -> None:
+    """Give a quarantined transfer back to posting (once the cause of its failures is
+    fixed): it becomes PENDING with a fresh count of attempts."""
+    if not release_quarantined(_uow_factory(), transfer_id):
+        click.echo(f"error: {transfer_id} is not a quarantined transfer", err=True)
+        sys.exit(1)
+    click.echo(f"released {transfer_id}", err=True)
 
 
 @main.command("reconcile")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.problems import ApiProblem
 from ledger_core.domain import limits
-from ledger_core.service_layer.access import Scope, authenticate, scope_allows
+from ledger_core.service_layer.access import Scope, scope_allows
 from ledger_core.service_layer.idempotency import request_fingerprint
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(rf"^[\x20-\x7e]{{1,{limits.idempotency_key_length_max}}}$")
@@ -36,6 +36,7 @@ class Operation:
     idempotency: str  # "required", "optional" or "none"
     query: dict[str, str] = field(default_factory=dict)
     tag: str = "ledger"
+    body_size_max_bytes: int = limits.request_body_size_max_bytes
 
 
 REGISTRY: list[Operation] = []
@@ -60,7 +61,7 @@ def _authenticate(required: Scope) -> str:
             "Send an API key as `Authorization: Bearer <key>`.",
             headers={"WWW-Authenticate": 'Bearer realm="ledger"'},
         )
-    found = authenticate(current_app.extensions["ledger"].uow_factory, secret.strip())
+    found = current_app.extensions["ledger"].api_keys.authenticate(secret.strip())
     if found is None:
         raise ApiProblem(
             "unauthorized",
@@ -78,11 +79,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _read_json() -> Any:
+def _read_json(body_size_max_bytes: int) -> Any:
     content_type = request.mimetype
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiProblem("unsupported_media_type", "Send the body as application/json.")
-    raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413 from Werkzeug
+    request.max_content_length = body_size_max_bytes
+    raw = request.get_data(cache=True)  # over the limit: 413 from Werkzeug
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:
@@ -98,9 +100,15 @@ def _validation_problem(error: ValidationError) -> ApiProblem:
         }
         for item in error.errors(include_url=False, include_input=False)
     ]
-    code = "invalid_amount" if any(e["field"] == "amount" for e in errors) else "validation_error"
+    amounts = [e for e in errors if e["field"].rsplit(".", 1)[-1] == "amount"]
+    code = "invalid_amount" if amounts else "validation_error"
     detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
-    return ApiProblem(code, detail, errors=errors)
+    extra: dict[str, Any] = {"errors": errors}
+    # In a batch, the index of the first item at fault (the whole request is refused).
+    items = [item["loc"] for item in error.errors() if item["loc"][:1] == ("items",)]
+    if items and len(items[0]) > 1 and isinstance(items[0][1], int):
+        extra["item_index"] = items[0][1]
+    return ApiProblem(code, detail, **extra)
 
 
 def _idempotency_key(mode: str) -> str | None:
@@ -132,6 +140,8 @@ def operation(
     body: type[BaseModel] | None = None,
     idempotency: str = "none",
     query: dict[str, str] | None = None,
+    body_size_max_bytes: int = limits.request_body_size_max_bytes,
+    before_validation: Callable[[Any], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a view; see the module docstring. `path` uses OpenAPI `{name}` syntax."""
     flask_rule = re.sub(r"{(\w+)}", r"<\1>", path)
@@ -146,6 +156,7 @@ def operation(
             idempotency,
             query or {},
             tag=blueprint.name,
+            body_size_max_bytes=body_size_max_bytes,
         )
     )
 
@@ -157,8 +168,10 @@ def operation(
             request_hash = ""
             key: str | None = None
             if body is not None:
-                raw = _read_json()
+                raw = _read_json(body_size_max_bytes)
                 key = _idempotency_key(idempotency)
+                if before_validation is not None:
+                    before_validation(raw)
                 try:
                     parsed = body.model_validate(raw)
                 except ValidationError as error:

@@ -21,6 +21,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "account_not_found": 404,
     "transfer_not_found": 404,
+    "batch_not_found": 404,
     "webhook_endpoint_not_found": 404,
     "webhook_delivery_not_found": 404,
     "event_not_found": 404,
@@ -28,6 +29,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "method_not_allowed": 405,
     "idempotency_key_in_use": 409,
     "request_too_large": 413,
+    "too_many_items": 413,
     "unsupported_media_type": 415,
     "validation_error": 422,
     "invalid_amount": 422,
@@ -43,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "url_address_not_allowed": 422,
     "internal_error": 500,
     "not_ready": 503,
+    "database_unavailable": 503,
 }
 
 

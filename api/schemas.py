@@ -68,6 +68,32 @@ class TransferCreate(_Request):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class DepositItem(MoneyMovement):
+    kind: Literal["deposit"]
+
+
+class WithdrawalItem(MoneyMovement):
+    kind: Literal["withdrawal"]
+
+
+class TransferItem(TransferCreate):
+    kind: Literal["transfer"]
+
+
+BatchItem = Annotated[DepositItem | WithdrawalItem | TransferItem, Field(discriminator="kind")]
+
+
+class BatchCreate(_Request):
+    atomic: bool = Field(
+        default=False,
+        description="All items post, or all are rejected together (a linked group).",
+    )
+    items: list[BatchItem] = Field(
+        min_length=1,
+        description=f"1 to {limits.batch_items_max} deposits, withdrawals and transfers.",
+    )
+
+
 class Balance(BaseModel):
     posted: int = Field(description="Sum of the account's entries.")
     pending: int = Field(description="Net amount of accepted transfers not yet posted.")
@@ -90,16 +116,38 @@ class Transfer(BaseModel):
     id: str
     object: Literal["transfer"]
     kind: Literal["deposit", "withdrawal", "transfer"]
-    status: Literal["pending", "posted", "rejected"]
-    rejection_reason: Literal["insufficient_funds", "balance_overflow"] | None
+    status: Literal["pending", "posted", "rejected", "quarantined"]
+    rejection_reason: (
+        Literal["insufficient_funds", "balance_overflow", "linked_transfer_failed"] | None
+    )
     source_account_id: str
     destination_account_id: str
     amount: int
     currency: str
     description: str | None
     metadata: dict[str, str]
+    batch_id: str | None
     created_at: str
     posted_at: str | None
+
+
+class BatchCounts(BaseModel):
+    pending: int
+    posted: int
+    rejected: int
+    quarantined: int
+
+
+class TransferBatch(BaseModel):
+    id: str
+    object: Literal["transfer_batch"]
+    atomic: bool
+    status: Literal["pending", "completed"] = Field(
+        description="completed once no item is pending."
+    )
+    counts: BatchCounts
+    created_at: str
+    items: list[Transfer]
 
 
 class Entry(BaseModel):

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import partial
 
 import redis
 import structlog
 from sqlalchemy import Engine
 
+from ledger_core.adapters.background import BackgroundThread
 from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.metrics import background_errors_total
 from ledger_core.adapters.redis_cache import RedisIdempotencyCache, make_redis
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
+from ledger_core.adapters.wakeups import PostingWakeups
 from ledger_core.adapters.webhook_http import AddressGuard
-from ledger_core.config import Settings
-from ledger_core.service_layer.ports import EnqueueDeliveries, EnqueuePosting, UnitOfWorkFactory
+from ledger_core.config import Settings, posting_queue
+from ledger_core.service_layer.access import ApiKeyCache
+from ledger_core.service_layer.ports import EnqueueDeliveries, WakePosting
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
-    POST_TRANSFER_TASK,
+    POST_PENDING_TASK,
     REQUEST_ID_HEADER,
-    TRANSFERS_QUEUE,
     WEBHOOKS_QUEUE,
     make_celery,
 )
@@ -30,9 +32,12 @@ from workers.celery_app import (
 class LedgerServices:
     engine: Engine
     redis: redis.Redis
-    uow_factory: UnitOfWorkFactory
+    uow_factory: SqlUnitOfWorkFactory
+    api_keys: ApiKeyCache
     cache: RedisIdempotencyCache
-    enqueue: EnqueuePosting
+    # Non-blocking: the background thread publishes the wake-up after the response.
+    wake: WakePosting
+    background: BackgroundThread
     enqueue_deliveries: EnqueueDeliveries
     url_guard: AddressGuard
     settings: Settings
@@ -40,6 +45,7 @@ class LedgerServices:
 
 def build_services(settings: Settings, broker_url: str | None = None) -> LedgerServices:
     engine = make_engine(settings)
+    uow_factory = SqlUnitOfWorkFactory(engine)
     redis_client = make_redis(
         settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds
     )
@@ -49,9 +55,9 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
     def headers() -> dict[str, str | None]:
         return {REQUEST_ID_HEADER: structlog.contextvars.get_contextvars().get("request_id")}
 
-    def enqueue(transfer_id: str) -> None:
+    def publish_wake(shard: int) -> None:
         celery.send_task(
-            POST_TRANSFER_TASK, args=[transfer_id], queue=TRANSFERS_QUEUE, headers=headers()
+            POST_PENDING_TASK, args=[shard], queue=posting_queue(shard, settings.posting_shards)
         )
 
     def enqueue_deliveries(delivery_ids: list[str]) -> None:
@@ -60,12 +66,18 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
                 DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE, headers=headers()
             )
 
+    wakeups = PostingWakeups(redis_client, publish_wake)
+    background = BackgroundThread(
+        wakeups.wake, on_error=lambda kind: background_errors_total.labels(kind).inc()
+    )
     return LedgerServices(
         engine=engine,
         redis=redis_client,
-        uow_factory=partial(SqlUnitOfWork, engine),
-        cache=RedisIdempotencyCache(redis_client),
-        enqueue=enqueue,
+        uow_factory=uow_factory,
+        api_keys=ApiKeyCache(uow_factory),
+        cache=RedisIdempotencyCache(redis_client, submit=background.submit),
+        wake=background.wake,
+        background=background,
         enqueue_deliveries=enqueue_deliveries,
         url_guard=AddressGuard(development=settings.development),
         settings=settings,

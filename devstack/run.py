@@ -12,7 +12,6 @@ import secrets
 import signal
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 from alembic import command
@@ -21,13 +20,13 @@ from alembic.config import Config
 from devstack.__main__ import default_data_dir, default_pg_port, default_redis_port
 from devstack.servers import find_stack, start_stack
 from ledger_core.adapters.database import make_engine
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, create_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
 # The processes `make run` starts: every Procfile process but `release` (done above).
-DEV_PROCESSES = ("web", "worker", "webhooks", "beat", "flower")
+DEV_PROCESSES = ("web", "worker", "webhooks", "housekeeping", "beat", "flower")
 honcho_stop_timeout_seconds = 20
 flower_user = "admin"
 # prometheus_client's multiprocess mode: every process writes its samples here.
@@ -61,9 +60,7 @@ def main() -> int:
 
     settings = Settings(database_url=env["DATABASE_URL"], redis_url=env["REDIS_URL"])
     engine = make_engine(settings)
-    _, admin_key = create_api_key(
-        partial(SqlUnitOfWork, engine), name="make run", scope=Scope.ADMIN
-    )
+    _, admin_key = create_api_key(SqlUnitOfWorkFactory(engine), name="make run", scope=Scope.ADMIN)
     engine.dispose()
 
     # Flower shows task arguments and can revoke tasks: a password per session.

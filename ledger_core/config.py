@@ -3,6 +3,7 @@
 import os
 from dataclasses import dataclass, field
 
+from ledger_core.domain import limits
 from ledger_core.domain.webhooks import DEFAULT_RETRY_SCHEDULE_SECONDS
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:55432/postgres"
@@ -52,12 +53,15 @@ class Settings:
     database_statement_timeout_milliseconds: int = field(
         default_factory=lambda: _int_env("DATABASE_STATEMENT_TIMEOUT_MILLISECONDS", 30_000)
     )
-    # A PENDING transfer older than this is assumed to have lost its task and is re-enqueued.
+    # A PENDING transfer older than this is assumed to have lost its wake-up: the sweeper
+    # wakes its shard's posting workers.
     sweeper_pending_age_min_seconds: int = field(
         default_factory=lambda: _int_env("SWEEPER_PENDING_AGE_MIN_SECONDS", 30)
     )
-    sweeper_batch_size_max: int = field(
-        default_factory=lambda: _int_env("SWEEPER_BATCH_SIZE_MAX", 500)
+    # Posting queues, routed by the debited account; 1 is one queue named "transfers".
+    posting_shards: int = field(default_factory=lambda: _int_env("POSTING_SHARDS", 1))
+    posting_batch_size_max: int = field(
+        default_factory=lambda: _int_env("POSTING_BATCH_SIZE_MAX", limits.posting_batch_size_max)
     )
     # Under `make run`: webhooks may target http:// and loopback, for a local receiver.
     development: bool = field(default_factory=lambda: os.environ.get("LEDGER_DEVELOPMENT") == "1")
@@ -94,3 +98,8 @@ class Settings:
     redis_socket_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("REDIS_SOCKET_TIMEOUT_SECONDS", "2"))
     )
+
+
+def posting_queue(shard: int, shards: int) -> str:
+    """The queue of a posting shard: "transfers" alone, or "transfers.N" of several."""
+    return "transfers" if shards == 1 else f"transfers.{shard}"

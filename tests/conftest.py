@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy import Engine, text
 from api import create_app
 from devstack import create_database, start_stack
 from ledger_core.adapters.database import make_engine
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.service_layer.access import Scope, create_api_key
 from ledger_core.service_layer.reconcile import reconcile
@@ -97,7 +96,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture(scope="session")
 def uow_factory(engine: Engine) -> Any:
-    return partial(SqlUnitOfWork, engine)
+    return SqlUnitOfWorkFactory(engine)
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +128,11 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[ManagedWorker]:
-    worker = ManagedWorker(process_env, log_dir, name="transfers", queue="transfers")
+def housekeeping(process_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
+    """Beat and the worker of its queue: the sweeper, the webhook scheduler, reconciliation."""
+    worker = start_worker(
+        process_env, log_dir, name="housekeeping", queue="housekeeping", concurrency=1
+    )
     beat = start_beat(process_env, log_dir)
     yield worker
     beat.stop()
@@ -138,7 +140,18 @@ def transfer_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Mana
 
 
 @pytest.fixture(scope="session")
-def webhook_worker(process_env: dict[str, str], log_dir: Path) -> Iterator[Process]:
+def transfer_worker(
+    process_env: dict[str, str], log_dir: Path, housekeeping: Process
+) -> Iterator[ManagedWorker]:
+    worker = ManagedWorker(process_env, log_dir, name="transfers", queue="transfers")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(
+    process_env: dict[str, str], log_dir: Path, housekeeping: Process
+) -> Iterator[Process]:
     worker = start_worker(process_env, log_dir, name="webhooks", queue="webhooks")
     yield worker
     worker.stop()

@@ -12,9 +12,9 @@ from prometheus_client import multiprocess, start_http_server
 from ledger_core.adapters.logs import configure_logging
 from ledger_core.adapters.metrics import registry_for_scrape
 
-TRANSFERS_QUEUE = "transfers"
 WEBHOOKS_QUEUE = "webhooks"
-POST_TRANSFER_TASK = "ledger.post_transfer"
+HOUSEKEEPING_QUEUE = "housekeeping"
+POST_PENDING_TASK = "ledger.post_pending"
 DELIVER_WEBHOOK_TASK = "ledger.deliver_webhook"
 # Carries the API request's id to the task, so one id follows a transfer through the logs.
 REQUEST_ID_HEADER = "ledger_request_id"

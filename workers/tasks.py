@@ -1,37 +1,41 @@
 """Posting, delivery and housekeeping tasks. Each is idempotent: running it twice changes
-nothing more than running it once."""
+nothing more than running it once. Each loads what it needs by id and calls one use case."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import partial
 
 import redis
 import structlog
 from celery import shared_task
-from sqlalchemy.exc import DBAPIError
 
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.metrics import PrometheusMetrics, publish_reconciliation
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.redis_cache import make_redis
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
+from ledger_core.adapters.wakeups import PostingWakeups
 from ledger_core.adapters.webhook_http import AddressGuard, HttpxSender
-from ledger_core.config import Settings
-from ledger_core.service_layer import ledger, reconcile, webhooks
+from ledger_core.config import Settings, posting_queue
+from ledger_core.service_layer import accounts, posting, reconcile, webhooks
+from ledger_core.service_layer.errors import StorageUnavailableError
 from ledger_core.service_layer.ports import UnitOfWorkFactory
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
-    POST_TRANSFER_TASK,
+    POST_PENDING_TASK,
     REQUEST_ID_HEADER,
-    TRANSFERS_QUEUE,
     WEBHOOKS_QUEUE,
 )
 
 log = structlog.get_logger(__name__)
 METRICS = PrometheusMetrics()
 
+# A posting task that meets an unavailable database or a systematic failure backs off
+# (jittered, capped) and tries again; the countdowns stay far below the broker's
+# visibility timeout, and the sweeper wakes posting anyway once they run out.
 posting_retries_max = 10
 posting_retry_backoff_max_seconds = 60
+webhook_retries_max = 5
 
 
 @dataclass
@@ -42,6 +46,8 @@ class _Process:
     pid: int
     settings: Settings
     uow_factory: UnitOfWorkFactory
+    redis: redis.Redis
+    wakeups: PostingWakeups
     sender: HttpxSender | None = None
 
 
@@ -52,8 +58,22 @@ def _current() -> _Process:
     global _process  # noqa: PLW0603 (a per-process cache is the point)
     if _process is None or _process.pid != os.getpid():
         settings = Settings()
-        _process = _Process(os.getpid(), settings, partial(SqlUnitOfWork, make_engine(settings)))
+        client = make_redis(
+            settings.redis_url, socket_timeout_seconds=settings.redis_socket_timeout_seconds
+        )
+        _process = _Process(
+            os.getpid(),
+            settings,
+            SqlUnitOfWorkFactory(make_engine(settings)),
+            client,
+            PostingWakeups(client, _publish_wake),
+        )
     return _process
+
+
+def _publish_wake(shard: int) -> None:
+    shards = _current().settings.posting_shards
+    post_pending.apply_async(args=[shard], queue=posting_queue(shard, shards))
 
 
 def _enqueue_deliveries(delivery_ids: list[str]) -> None:
@@ -65,52 +85,54 @@ def _enqueue_deliveries(delivery_ids: list[str]) -> None:
 
 
 @shared_task(
-    name=POST_TRANSFER_TASK,
+    name=POST_PENDING_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
-    # Lost connections, deadlocks and lock timeouts are worth another try; the
-    # transfer stays PENDING meanwhile, and the sweeper catches it if retries run out.
-    autoretry_for=(DBAPIError,),
+    autoretry_for=(StorageUnavailableError, posting.PostingBrokenError),
     retry_backoff=True,
     retry_backoff_max=posting_retry_backoff_max_seconds,
     retry_jitter=True,
     max_retries=posting_retries_max,
 )
-def post_transfer(transfer_id: str) -> None:
-    structlog.contextvars.bind_contextvars(transfer_id=transfer_id)
+def post_pending(shard: int = 0) -> int:
+    """A wake-up: post what is PENDING on this shard, batch after batch, within bounds."""
     process = _current()
-    outcomes = ledger.post_transfers(
+    settings = process.settings
+    report = posting.drain(
         process.uow_factory,
-        [transfer_id],
-        enqueue_deliveries=_enqueue_deliveries,
-        webhook_requeue_after_seconds=process.settings.webhook_requeue_after_seconds,
-        metrics=METRICS,
+        shard=shard,
+        before_claim=lambda: process.wakeups.clear(shard),
+        batch_size_max=settings.posting_batch_size_max,
+        options=posting.PostingOptions(
+            enqueue_deliveries=_enqueue_deliveries,
+            webhook_requeue_after_seconds=settings.webhook_requeue_after_seconds,
+            metrics=METRICS,
+        ),
     )
-    for outcome in outcomes:
-        log.info("transfer finalized", outcome=type(outcome).__name__.lower())
+    if report.more_work:
+        # Bounded on purpose: hand over to a fresh task rather than run into time limits.
+        process.wakeups.force(shard)
+    return report.transfers
 
 
 @shared_task(name="ledger.sweep_pending_transfers", acks_late=True)
 def sweep_pending_transfers() -> int:
-    """Re-enqueue PENDING transfers whose task was probably lost (broker down at accept
-    time, retries exhausted). Posting is idempotent, so a transfer whose task is merely
-    slow is at worst posted by whichever task comes first."""
+    """Wake the shards whose PENDING transfers waited too long (a wake-up lost to a broker
+    outage, a worker killed mid-batch, a retry come due)."""
     process = _current()
-    transfer_ids = ledger.stale_pending_transfer_ids(
+    stale = posting.wake_stale(
         process.uow_factory,
+        process.wakeups.force,
         age_min_seconds=process.settings.sweeper_pending_age_min_seconds,
-        limit=process.settings.sweeper_batch_size_max,
     )
-    for transfer_id in transfer_ids:
-        post_transfer.apply_async(args=[transfer_id], queue=TRANSFERS_QUEUE)
-    if transfer_ids:
-        log.warning("sweeper re-enqueued pending transfers", count=len(transfer_ids))
-    return len(transfer_ids)
+    if stale:
+        log.warning("sweeper woke posting", stale_by_shard=stale)
+    return sum(stale.values())
 
 
 @shared_task(name="ledger.prune_idempotency_keys", acks_late=True)
 def prune_idempotency_keys() -> int:
-    return ledger.prune_idempotency_keys(_current().uow_factory)
+    return accounts.prune_idempotency_keys(_current().uow_factory)
 
 
 @shared_task(
@@ -119,9 +141,9 @@ def prune_idempotency_keys() -> int:
     reject_on_worker_lost=True,
     # A database hiccup before the claim: try again soon. Failed HTTP attempts are not
     # retried here; their next attempt time is stored and the scheduler enqueues it.
-    autoretry_for=(DBAPIError,),
+    autoretry_for=(StorageUnavailableError,),
     retry_backoff=True,
-    max_retries=5,
+    max_retries=webhook_retries_max,
 )
 def deliver_webhook(delivery_id: str) -> str | None:
     process = _current()
@@ -164,11 +186,7 @@ def reconcile_books() -> int:
         delivery_overdue_max_seconds=process.settings.reconcile_delivery_overdue_max_seconds,
     )
     counts = {rule: len(rows) for rule, rows in violations.items()}
-    client = redis.Redis.from_url(process.settings.redis_url, socket_timeout=5)
-    try:
-        publish_reconciliation(client, counts)
-    finally:
-        client.close()
+    publish_reconciliation(process.redis, counts)
     broken = {rule: count for rule, count in counts.items() if count}
     if broken:
         log.error("reconciliation found violations", violations=broken)

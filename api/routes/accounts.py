@@ -8,7 +8,7 @@ from flask.typing import ResponseReturnValue
 from api import schemas
 from api.operations import Call, operation, page_limit
 from api.routes.results import to_http
-from ledger_core.service_layer import ledger
+from ledger_core.service_layer import accounts
 from ledger_core.service_layer.access import Scope
 
 bp = Blueprint("accounts", __name__)
@@ -33,7 +33,7 @@ def create_account(call: Call) -> ResponseReturnValue:
     body: schemas.AccountCreate = call.body
     services = _services()
     return to_http(
-        ledger.open_account(
+        accounts.open_account(
             services.uow_factory,
             services.cache,
             api_key_id=call.api_key_id,
@@ -56,7 +56,7 @@ def create_account(call: Call) -> ResponseReturnValue:
     responses={200: schemas.Account, 404: None},
 )
 def get_account(call: Call, account_id: str) -> ResponseReturnValue:
-    return to_http(ledger.get_account(_services().uow_factory, account_id))
+    return to_http(accounts.get_account(_services().uow_factory, account_id))
 
 
 @operation(
@@ -70,7 +70,7 @@ def get_account(call: Call, account_id: str) -> ResponseReturnValue:
 )
 def list_accounts(call: Call) -> ResponseReturnValue:
     return to_http(
-        ledger.list_accounts(
+        accounts.list_accounts(
             _services().uow_factory, cursor=request.args.get("cursor"), limit=page_limit()
         )
     )
@@ -87,7 +87,7 @@ def list_accounts(call: Call) -> ResponseReturnValue:
 )
 def list_entries(call: Call, account_id: str) -> ResponseReturnValue:
     return to_http(
-        ledger.list_entries(
+        accounts.list_entries(
             _services().uow_factory,
             account_id,
             cursor=request.args.get("cursor"),

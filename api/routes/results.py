@@ -11,14 +11,17 @@ from ledger_core.service_layer.errors import Failure
 from ledger_core.service_layer.errors import Response as ServiceResponse
 from ledger_core.service_layer.pagination import Page
 
+# Where a created resource can be polled.
+LOCATIONS = {"transfer": "/v1/transfers/{id}", "transfer_batch": "/v1/transfers/batch/{id}"}
+
 
 def to_http(
     result: ServiceResponse | Failure | Page | dict[str, Any], status: int = 200
 ) -> Response:
     """Failures become problem documents; anything else is sent with `status`."""
     if isinstance(result, Failure):
-        extra: dict[str, Any] = {}
-        retry_after = result.extra.get("retry_after_seconds")
+        extra: dict[str, Any] = dict(result.extra)
+        retry_after = extra.pop("retry_after_seconds", None)
         if retry_after is not None:
             extra["headers"] = {"Retry-After": str(retry_after)}
         return problem_response(result.code, result.detail, **extra)
@@ -29,8 +32,9 @@ def to_http(
         response.status_code = result.status_code
         if result.replayed:
             response.headers["Idempotent-Replayed"] = "true"
-        if result.body.get("object") == "transfer":
-            response.headers["Location"] = f"/v1/transfers/{result.body['id']}"
+        location = LOCATIONS.get(result.body.get("object", ""))
+        if location is not None:
+            response.headers["Location"] = location.format(id=result.body["id"])
         return response
     response = jsonify(result)
     response.status_code = status

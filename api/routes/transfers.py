@@ -1,6 +1,10 @@
-"""Deposits, withdrawals and transfers: accepted at once as PENDING, posted by a worker."""
+"""Deposits, withdrawals, transfers and batches of them: accepted at once as PENDING,
+posted by a worker."""
 
 from __future__ import annotations
+
+from collections import Counter
+from typing import Any
 
 import structlog
 from flask import Blueprint, current_app
@@ -8,42 +12,47 @@ from flask.typing import ResponseReturnValue
 
 from api import schemas
 from api.operations import Call, operation
+from api.problems import ApiProblem
 from api.routes.results import to_http
 from ledger_core.adapters.metrics import transfers_accepted_total
+from ledger_core.domain import limits
 from ledger_core.domain.model import TransferKind
-from ledger_core.service_layer import ledger
+from ledger_core.service_layer import accept
 from ledger_core.service_layer.access import Scope
 from ledger_core.service_layer.errors import Response
 
 bp = Blueprint("transfers", __name__)
-ACCEPTED = {202: schemas.Transfer, 404: None, 409: None, 422: None}
+ACCEPTED = {202: schemas.Transfer, 404: None, 422: None}
 
 
-def _accept(
-    call: Call,
-    kind: TransferKind,
-    source_account_id: str | None,
-    destination_account_id: str | None,
-) -> ResponseReturnValue:
+def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
     services = current_app.extensions["ledger"]
-    result = ledger.accept_transfer(
+    result = accept.accept_transfer(
         services.uow_factory,
         services.cache,
-        services.enqueue,
+        services.wake,
         api_key_id=call.api_key_id,
         idempotency_key=call.idempotency_key,
         request_hash=call.request_hash,
-        kind=kind,
-        source_account_id=source_account_id,
-        destination_account_id=destination_account_id,
-        amount=call.body.amount,
-        description=call.body.description,
-        metadata=call.body.metadata,
+        request=request,
+        shards=services.settings.posting_shards,
     )
     if isinstance(result, Response) and not result.replayed:
-        transfers_accepted_total.labels(kind.value).inc()
+        transfers_accepted_total.labels(request.kind.value).inc()
         structlog.contextvars.bind_contextvars(transfer_id=result.body["id"])
     return to_http(result)
+
+
+def _movement(kind: TransferKind, body: Any) -> accept.MovementRequest:
+    if kind is TransferKind.TRANSFER:
+        source, destination = body.source_account_id, body.destination_account_id
+    elif kind is TransferKind.DEPOSIT:
+        source, destination = None, body.account_id
+    else:
+        source, destination = body.account_id, None
+    return accept.MovementRequest(
+        kind, source, destination, body.amount, body.description, body.metadata
+    )
 
 
 @operation(
@@ -57,7 +66,7 @@ def _accept(
     idempotency="required",
 )
 def create_deposit(call: Call) -> ResponseReturnValue:
-    return _accept(call, TransferKind.DEPOSIT, None, call.body.account_id)
+    return _accept(call, _movement(TransferKind.DEPOSIT, call.body))
 
 
 @operation(
@@ -71,7 +80,7 @@ def create_deposit(call: Call) -> ResponseReturnValue:
     idempotency="required",
 )
 def create_withdrawal(call: Call) -> ResponseReturnValue:
-    return _accept(call, TransferKind.WITHDRAWAL, call.body.account_id, None)
+    return _accept(call, _movement(TransferKind.WITHDRAWAL, call.body))
 
 
 @operation(
@@ -85,9 +94,61 @@ def create_withdrawal(call: Call) -> ResponseReturnValue:
     idempotency="required",
 )
 def create_transfer(call: Call) -> ResponseReturnValue:
-    return _accept(
-        call, TransferKind.TRANSFER, call.body.source_account_id, call.body.destination_account_id
+    return _accept(call, _movement(TransferKind.TRANSFER, call.body))
+
+
+def _refuse_too_many_items(raw: Any) -> None:
+    # Before validating a thousand items for nothing.
+    items = raw.get("items") if isinstance(raw, dict) else None
+    if isinstance(items, list) and len(items) > limits.batch_items_max:
+        raise ApiProblem(
+            "too_many_items",
+            f"A batch holds at most {limits.batch_items_max} items; got {len(items)}.",
+        )
+
+
+@operation(
+    bp,
+    "POST",
+    "/v1/transfers/batch",
+    summary=f"Accept up to {limits.batch_items_max} deposits, withdrawals and transfers at once",
+    scope=Scope.WRITE,
+    body=schemas.BatchCreate,
+    responses={202: schemas.TransferBatch, 404: None, 413: None, 422: None},
+    idempotency="required",
+    body_size_max_bytes=limits.batch_request_body_size_max_bytes,
+    before_validation=_refuse_too_many_items,
+)
+def create_batch(call: Call) -> ResponseReturnValue:
+    body: schemas.BatchCreate = call.body
+    services = current_app.extensions["ledger"]
+    result = accept.accept_batch(
+        services.uow_factory,
+        services.wake,
+        api_key_id=call.api_key_id,
+        idempotency_key=call.idempotency_key,
+        request_hash=call.request_hash,
+        atomic=body.atomic,
+        requests=[_movement(TransferKind(item.kind), item) for item in body.items],
+        shards=services.settings.posting_shards,
     )
+    if isinstance(result, Response) and not result.replayed:
+        for kind, count in Counter(item.kind for item in body.items).items():
+            transfers_accepted_total.labels(kind).inc(count)
+        structlog.contextvars.bind_contextvars(batch_id=result.body["id"])
+    return to_http(result)
+
+
+@operation(
+    bp,
+    "GET",
+    "/v1/transfers/batch/{batch_id}",
+    summary="Read a batch: its status, counts by status, and every item",
+    scope=Scope.READ,
+    responses={200: schemas.TransferBatch, 404: None},
+)
+def get_batch(call: Call, batch_id: str) -> ResponseReturnValue:
+    return to_http(accept.get_batch(current_app.extensions["ledger"].uow_factory, batch_id))
 
 
 @operation(
@@ -99,4 +160,4 @@ def create_transfer(call: Call) -> ResponseReturnValue:
     responses={200: schemas.Transfer, 404: None},
 )
 def get_transfer(call: Call, transfer_id: str) -> ResponseReturnValue:
-    return to_http(ledger.get_transfer(current_app.extensions["ledger"].uow_factory, transfer_id))
+    return to_http(accept.get_transfer(current_app.extensions["ledger"].uow_factory, transfer_id))

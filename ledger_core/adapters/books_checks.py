@@ -48,6 +48,12 @@ CHECKS: Final[dict[str, str]] = {
         WHERE status = 'pending'
           AND created_at < now() - make_interval(secs => :pending_age_max_seconds)
     """,
+    # Posting failed posting_attempts_max times (not for money): an operator must look at it,
+    # then `ledger transfers release ID` once the cause is fixed.
+    "transfer_quarantined": """
+        SELECT id AS subject, posting_attempts AS value
+        FROM transfers WHERE status = 'quarantined'
+    """,
     "webhook_delivery_overdue": """
         SELECT id AS subject, extract(epoch FROM now() - next_attempt_at)::bigint AS value
         FROM webhook_deliveries
@@ -55,6 +61,22 @@ CHECKS: Final[dict[str, str]] = {
           AND next_attempt_at < now() - make_interval(secs => :delivery_overdue_max_seconds)
     """,
 }
+
+
+class SqlBooksChecks:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def violations(
+        self, *, pending_age_max_seconds: float, delivery_overdue_max_seconds: float
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Read in one REPEATABLE READ snapshot, so that the rules agree with each other."""
+        self._c.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return run_checks(
+            self._c,
+            pending_age_max_seconds=pending_age_max_seconds,
+            delivery_overdue_max_seconds=delivery_overdue_max_seconds,
+        )
 
 
 def run_checks(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -22,9 +22,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 RECONCILIATION_KEY = "ledger:reconciliation:last"
-QUEUES = ("transfers", "webhooks")
+QUEUES = ("transfers", "webhooks", "housekeeping")
 
 http_requests_total = Counter(
     "ledger_http_requests_total",
@@ -51,6 +51,23 @@ posting_latency_seconds = Histogram(
 posting_batch_size = Histogram(
     "ledger_posting_batch_size", "Transfers per posting transaction.", buckets=BATCH_SIZE_BUCKETS
 )
+posting_batch_duration_seconds = Histogram(
+    "ledger_posting_batch_duration_seconds",
+    "Time to claim, post and commit one batch.",
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+posting_failures_total = Counter(
+    "ledger_posting_failures_total",
+    "Posting failures not about money: batch (isolated), transfer (counted towards"
+    " quarantine), quarantined, systematic (every transfer failed alone).",
+    ["kind"],
+)
+background_errors_total = Counter(
+    "ledger_background_errors_total",
+    "After-commit work that failed: wake (a posting wake-up not published; the sweeper"
+    " covers it), job (a cache write), dropped (queue full).",
+    ["kind"],
+)
 webhook_attempts_total = Counter(
     "ledger_webhook_attempts_total", "Webhook delivery attempts by outcome.", ["outcome"]
 )
@@ -59,13 +76,20 @@ webhook_attempts_total = Counter(
 class PrometheusMetrics:
     """The service layer's Metrics port."""
 
-    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None:
-        transfers_finalized_total.labels(status).inc()
-        if latency_seconds is not None:
-            posting_latency_seconds.observe(latency_seconds)
+    def transfers_finalized(
+        self, counts_by_status: Mapping[str, int], latencies_seconds: Sequence[float]
+    ) -> None:
+        for status, count in counts_by_status.items():
+            transfers_finalized_total.labels(status).inc(count)
+        for latency in latencies_seconds:
+            posting_latency_seconds.observe(latency)
 
-    def posting_batch(self, size: int) -> None:
+    def posting_batch(self, size: int, duration_seconds: float) -> None:
         posting_batch_size.observe(size)
+        posting_batch_duration_seconds.observe(duration_seconds)
+
+    def posting_failed(self, kind: str) -> None:
+        posting_failures_total.labels(kind).inc()
 
     def webhook_attempt(self, outcome: str) -> None:
         webhook_attempts_total.labels(outcome).inc()
@@ -130,7 +154,7 @@ def publish_reconciliation(redis: Any, violations: dict[str, int]) -> None:
 
 class _ThisProcess(Collector):
     def collect(self) -> Iterator[Any]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()
 
 
 def registry_for_scrape(extra: Collector | None = None) -> CollectorRegistry:
@@ -138,7 +162,7 @@ def registry_for_scrape(extra: Collector | None = None) -> CollectorRegistry:
     plus `extra`. A new registry each time, so apps built in one process never clash."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(_ThisProcess())
     if extra is not None:

@@ -85,10 +85,28 @@ accounts = Table(
     ),
 )
 
+transfer_batches = Table(
+    "transfer_batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("api_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    # The key lives with what it created, for as long as it exists: a retry, however late,
+    # finds this batch instead of accepting its transfers again.
+    Column("idempotency_key", Text, nullable=False),
+    Column("request_hash", Text, nullable=False),
+    Column("atomic", Boolean, nullable=False),
+    Column("item_count", Integer, nullable=False),
+    _created_at(),
+    UniqueConstraint("api_key_id", "idempotency_key"),
+    CheckConstraint("item_count BETWEEN 1 AND 1000", name="item_count_range"),
+)
+
 transfers = Table(
     "transfers",
     metadata,
     Column("id", Text, primary_key=True),
+    # Acceptance order: posting applies transfers in it, and claims the oldest first.
+    Column("seq", BigInteger, Identity(always=False), nullable=False, unique=True),
     Column("kind", Text, nullable=False),
     Column("status", Text, nullable=False, server_default=text("'pending'")),
     Column("rejection_reason", Text),
@@ -99,18 +117,61 @@ transfers = Table(
     Column("description", Text),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("api_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    # Single requests keep their Idempotency-Key here (batch items: on their batch), so
+    # that a retry after the 24-hour response cache has let go still finds the transfer.
+    Column("idempotency_key", Text),
+    Column("request_hash", Text),
+    Column("batch_id", Text, ForeignKey("transfer_batches.id")),
+    # The transfers of an atomic batch share the id of its first transfer, the group's head.
+    # Only heads are claimed; a head brings its group along.
+    Column("group_id", Text),
+    # Posting shard (POSTING_SHARDS), from the debited account.
+    Column("shard", SmallInteger, nullable=False, server_default=text("0")),
+    # Failed posting attempts (errors that were not about money) and when to try again.
+    Column("posting_attempts", SmallInteger, nullable=False, server_default=text("0")),
+    Column("posting_retry_at", DateTime(timezone=True)),
+    Column("posting_error", Text),
     _created_at(),
     Column("posted_at", DateTime(timezone=True)),
     Column("finalized_at", DateTime(timezone=True)),
     CheckConstraint("kind IN ('deposit', 'withdrawal', 'transfer')", name="kind_known"),
-    CheckConstraint("status IN ('pending', 'posted', 'rejected')", name="status_known"),
+    CheckConstraint(
+        "status IN ('pending', 'posted', 'rejected', 'quarantined')", name="status_known"
+    ),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("source_account_id <> destination_account_id", name="distinct_accounts"),
     CheckConstraint(
         "(status = 'rejected') = (rejection_reason IS NOT NULL)", name="reason_iff_rejected"
     ),
     CheckConstraint("(status = 'posted') = (posted_at IS NOT NULL)", name="posted_at_iff_posted"),
-    CheckConstraint("(status = 'pending') = (finalized_at IS NULL)", name="finalized_at_iff_final"),
+    CheckConstraint(
+        "(status IN ('posted', 'rejected')) = (finalized_at IS NOT NULL)",
+        name="finalized_at_iff_final",
+    ),
+    CheckConstraint(
+        "status <> 'quarantined' OR posting_error IS NOT NULL", name="quarantined_has_error"
+    ),
+    CheckConstraint("posting_attempts >= 0", name="posting_attempts_nonnegative"),
+    CheckConstraint(
+        "(idempotency_key IS NULL) = (request_hash IS NULL)", name="key_with_request_hash"
+    ),
+    CheckConstraint("idempotency_key IS NULL OR batch_id IS NULL", name="key_on_transfer_or_batch"),
+    Index(
+        "uq_transfers_api_key_id_idempotency_key",
+        "api_key_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # What posting claims, oldest first: PENDING single transfers and group heads.
+    Index(
+        "ix_transfers_claimable",
+        "shard",
+        "seq",
+        postgresql_where=text("status = 'pending' AND (group_id IS NULL OR group_id = id)"),
+    ),
+    Index("ix_transfers_group_id", "group_id", postgresql_where=text("group_id IS NOT NULL")),
+    Index("ix_transfers_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
     # The sweeper and the pending balances read only PENDING rows: keep those indexes small.
     Index(
         "ix_transfers_pending_created_at",

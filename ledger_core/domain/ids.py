@@ -16,3 +16,4 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
 ACCOUNT_PREFIX = "acc"
 TRANSFER_PREFIX = "tr"
 API_KEY_PREFIX = "key"
+BATCH_PREFIX = "bat"

@@ -11,6 +11,8 @@ balance_min: Final = -(2**127)
 balance_max: Final = 2**127 - 1
 
 request_body_size_max_bytes: Final = 64 * 1024
+# A batch of batch_items_max transfers with descriptions and metadata needs more room.
+batch_request_body_size_max_bytes: Final = 4 * 1024 * 1024
 idempotency_key_length_max: Final = 255
 idempotency_ttl_seconds: Final = 24 * 60 * 60
 
@@ -23,5 +25,24 @@ metadata_keys_max: Final = 50
 metadata_key_length_max: Final = 40
 metadata_value_length_max: Final = 500
 
-# A posting batch holds its row locks for the whole database transaction; keep it short.
-posting_batch_size_max: Final = 100
+# Transfers accepted by one POST /v1/transfers/batch, in one database transaction.
+batch_items_max: Final = 1000
+
+# A posting transaction claims at most this many transfers (an atomic batch counts whole,
+# so one transaction may hold up to posting_batch_size_max + batch_items_max - 1). It
+# holds its account locks until it commits: big enough to amortise each statement over
+# many transfers, small enough to commit in tens of milliseconds.
+posting_batch_size_max: Final = 1000
+# One posting task drains at most this many batches or for this long, then hands over to
+# a fresh task, so that a long backlog never runs into Celery's time limits.
+posting_drain_batches_max: Final = 200
+posting_drain_seconds_max: Final = 20.0
+# A transfer whose posting fails (not for want of money: for a bug or a corrupt row) is
+# retried after these delays, then quarantined.
+posting_attempts_max: Final = 5
+posting_retry_delays_seconds: Final = (1.0, 5.0, 30.0, 120.0)
+posting_error_length_max: Final = 500
+
+# The API remembers an API key check this long: a revoked key stops working within it.
+api_key_cache_ttl_seconds: Final = 5.0
+api_key_cache_size_max: Final = 10_000

@@ -1,15 +1,14 @@
-"""Transfers, accounts and the rules that post them.
+"""The ledger's vocabulary: accounts as the posting worker sees them, transfers to post,
+entries, and the named outcomes of accepting and posting.
 
-Everything here is pure: the posting worker loads locked rows, hands them to `post_batch`,
-and writes back what it returns. Expected failures are values with names; a broken
-invariant (an account missing from the locked set, a non-positive amount) raises.
+Everything here is pure data. The rules live beside it: `rules.py` decides what may be
+accepted, `posting.py` what a batch of locked accounts and transfers becomes.
 """
 
-from collections.abc import Mapping, Sequence
+from __future__ import annotations
+
 from dataclasses import dataclass
 from enum import StrEnum
-
-from ledger_core.domain import limits
 
 
 class TransferKind(StrEnum):
@@ -22,14 +21,19 @@ class TransferStatus(StrEnum):
     PENDING = "pending"
     POSTED = "posted"
     REJECTED = "rejected"
+    # Posting failed `posting_attempts_max` times for a reason that was not the money
+    # (a bug, a corrupted row): nothing moved, and an operator decides what happens next.
+    QUARANTINED = "quarantined"
 
 
 class RejectionReason(StrEnum):
     """Why the posting worker refused a transfer that was accepted."""
 
     INSUFFICIENT_FUNDS = "insufficient_funds"
-    # A balance would leave the int64 range the books are stored in.
+    # A balance would leave the 128-bit range the books are stored in.
     BALANCE_OVERFLOW = "balance_overflow"
+    # Another transfer of the same atomic batch was rejected, so this one was too.
+    LINKED_TRANSFER_FAILED = "linked_transfer_failed"
 
 
 class AcceptError(StrEnum):
@@ -43,21 +47,52 @@ class AcceptError(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class AccountState:
+class AccountFacts:
+    """What never changes about an account once it is open, so it may be cached."""
+
     id: str
     currency: str
-    balance: int
     allow_overdraft: bool
     # The per-currency counterparty of deposits and withdrawals; clients never name it.
     is_system: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class TransferToPost:
+class AccountState:
+    """An account read under its row lock, as posting needs it."""
+
     id: str
-    source_account_id: str
-    destination_account_id: str
+    currency: str
+    balance: int
+    allow_overdraft: bool
+    is_system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One planned entry: a negative amount debits the account, a positive one credits it."""
+
+    account_id: str
     amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferToPost:
+    """A PENDING transfer as the posting worker claimed it.
+
+    `group_id` is set for the transfers of an atomic batch: they post together or are
+    all rejected together.
+    """
+
+    id: str
+    legs: tuple[Leg, ...]
+    group_id: str | None = None
+
+    @classmethod
+    def between(
+        cls, id: str, source: str, destination: str, amount: int, group_id: str | None = None
+    ) -> TransferToPost:
+        return cls(id, (Leg(source, -amount), Leg(destination, amount)), group_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +108,7 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Posted:
     transfer_id: str
-    debit: Entry
-    credit: Entry
+    entries: tuple[Entry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,88 +122,7 @@ Outcome = Posted | Rejected
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
+    # One outcome per transfer, in the order the transfers were given.
     outcomes: list[Outcome]
     # Final balance of every account that a posted transfer touched.
     balances: dict[str, int]
-
-
-def amount_is_valid(amount: object) -> bool:
-    # bool is an int subclass in Python; `true` is not an amount.
-    return (
-        isinstance(amount, int)
-        and not isinstance(amount, bool)
-        and limits.amount_min <= amount <= limits.amount_max
-    )
-
-
-def check_transfer(
-    kind: TransferKind,
-    source: AccountState | None,
-    destination: AccountState | None,
-    amount: int,
-) -> AcceptError | None:
-    """Accept-time rules: the ones that need no lock and no balance.
-
-    For a deposit the source is the currency's system account, for a withdrawal the
-    destination is; every other side is a client account, which may not be a system one.
-    """
-    if source is None or destination is None:
-        return AcceptError.ACCOUNT_NOT_FOUND
-    client_sides = {
-        TransferKind.DEPOSIT: (destination,),
-        TransferKind.WITHDRAWAL: (source,),
-        TransferKind.TRANSFER: (source, destination),
-    }[kind]
-    # Before the same-account rule: a deposit into the system account would otherwise be
-    # reported as "same account", although the client named only one account.
-    if any(account.is_system for account in client_sides):
-        return AcceptError.SYSTEM_ACCOUNT
-    if source.id == destination.id:
-        return AcceptError.SAME_ACCOUNT
-    if source.currency != destination.currency:
-        return AcceptError.CURRENCY_MISMATCH
-    if not amount_is_valid(amount):
-        return AcceptError.AMOUNT_OUT_OF_RANGE
-    return None
-
-
-def post_batch(
-    accounts: Mapping[str, AccountState], transfers: Sequence[TransferToPost]
-) -> BatchResult:
-    """Apply transfers in the order given, each against the balances the previous ones left.
-
-    `accounts` must hold every account the transfers name, read under row locks.
-    """
-    balances = {account_id: account.balance for account_id, account in accounts.items()}
-    touched: dict[str, int] = {}
-    outcomes: list[Outcome] = []
-    for transfer in transfers:
-        # Accept-time checks guarantee these; a violation means corrupted input, so crash.
-        if not amount_is_valid(transfer.amount):
-            raise ValueError(f"transfer {transfer.id} has an invalid amount {transfer.amount!r}")
-        if transfer.source_account_id == transfer.destination_account_id:
-            raise ValueError(f"transfer {transfer.id} moves money from an account to itself")
-        source = accounts[transfer.source_account_id]
-        destination = accounts[transfer.destination_account_id]
-        if source.currency != destination.currency:
-            raise ValueError(f"transfer {transfer.id} crosses currencies")
-
-        source_after = balances[source.id] - transfer.amount
-        destination_after = balances[destination.id] + transfer.amount
-        if source_after < 0 and not source.allow_overdraft:
-            outcomes.append(Rejected(transfer.id, RejectionReason.INSUFFICIENT_FUNDS))
-            continue
-        if source_after < limits.balance_min or destination_after > limits.balance_max:
-            outcomes.append(Rejected(transfer.id, RejectionReason.BALANCE_OVERFLOW))
-            continue
-
-        balances[source.id] = touched[source.id] = source_after
-        balances[destination.id] = touched[destination.id] = destination_after
-        outcomes.append(
-            Posted(
-                transfer.id,
-                debit=Entry(transfer.id, source.id, -transfer.amount, source_after),
-                credit=Entry(transfer.id, destination.id, transfer.amount, destination_after),
-            )
-        )
-    return BatchResult(outcomes=outcomes, balances=touched)

@@ -1,7 +1,9 @@
 """What the ledger stores and shows: accounts, transfers and entries as read back,
 and the one JSON representation of each that the API and webhooks both use."""
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +62,12 @@ class TransferRecord:
     metadata: dict[str, str]
     created_at: datetime | None
     posted_at: datetime | None
+    # The batch it was accepted in, if any.
+    batch_id: str | None = None
+
+    def as_accepted(self) -> TransferRecord:
+        """The transfer as its accept response showed it: what an idempotent replay sends."""
+        return replace(self, status="pending", rejection_reason=None, posted_at=None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,8 +82,37 @@ class TransferRecord:
             "currency": self.currency,
             "description": self.description,
             "metadata": self.metadata,
+            "batch_id": self.batch_id,
             "created_at": iso_utc(self.created_at),
             "posted_at": iso_utc(self.posted_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A POST /v1/transfers/batch request as stored, with its transfers in item order."""
+
+    id: str
+    atomic: bool
+    created_at: datetime
+    items: list[TransferRecord]
+
+    def as_accepted(self) -> BatchRecord:
+        return replace(self, items=[item.as_accepted() for item in self.items])
+
+    def to_json(self) -> dict[str, Any]:
+        counts = {status: 0 for status in ("pending", "posted", "rejected", "quarantined")}
+        for item in self.items:
+            counts[item.status] += 1
+        return {
+            "id": self.id,
+            "object": "transfer_batch",
+            "atomic": self.atomic,
+            # Complete once no item is pending any more (quarantined ones wait for an operator).
+            "status": "pending" if counts["pending"] else "completed",
+            "counts": counts,
+            "created_at": iso_utc(self.created_at),
+            "items": [item.to_json() for item in self.items],
         }
 
 

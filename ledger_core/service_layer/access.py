@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from enum import StrEnum
 
+from ledger_core.domain import limits
 from ledger_core.domain.currency import validate_custom_currency
 from ledger_core.domain.ids import API_KEY_PREFIX, new_id
 from ledger_core.service_layer.errors import Failure
@@ -48,6 +52,42 @@ def authenticate(uow_factory: UnitOfWorkFactory, secret: str) -> tuple[str, str]
     """Return (key id, scope) of an active key, or None."""
     with uow_factory() as uow:
         return uow.api_keys.find_active(hash_secret(secret))
+
+
+class ApiKeyCache:
+    """Answers of `authenticate`, remembered for `ttl_seconds` per secret, so that a request
+    does not pay a database round trip to be let in. Revoking a key (or creating one)
+    takes effect within `ttl_seconds`. Unknown secrets are remembered too, so that a
+    client retrying a bad key does not hammer the database; the size is bounded."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        ttl_seconds: float = limits.api_key_cache_ttl_seconds,
+        size_max: int = limits.api_key_cache_size_max,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._ttl_seconds = ttl_seconds
+        self._size_max = size_max
+        self._monotonic = monotonic
+        self._entries: dict[bytes, tuple[float, tuple[str, str] | None]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, secret: str) -> tuple[str, str] | None:
+        key_hash = hash_secret(secret)
+        now = self._monotonic()
+        entry = self._entries.get(key_hash)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        with self._uow_factory() as uow:
+            found = uow.api_keys.find_active(key_hash)
+        with self._lock:
+            if len(self._entries) >= self._size_max:
+                self._entries.clear()
+            self._entries[key_hash] = (now + self._ttl_seconds, found)
+        return found
 
 
 def add_custom_currency(

@@ -1,4 +1,5 @@
-"""Expected failures of the use cases: values with a machine-readable code."""
+"""Expected failures of the use cases: values with a machine-readable code; and the one
+exception the adapters raise for a storage that is down for now."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,3 +19,9 @@ class Response:
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
+
+
+class StorageUnavailableError(Exception):
+    """PostgreSQL did not answer, or refused for a reason that passes (connection lost,
+    deadlock, serialization failure, lock or statement timeout). Nothing was committed
+    unless the commit itself was cut off; an idempotent retry is always safe."""

@@ -16,7 +16,12 @@ from typing import Any
 
 from ledger_core.domain import limits
 from ledger_core.service_layer.errors import Failure, Response
-from ledger_core.service_layer.ports import IdempotencyCache, StoredResponse, UnitOfWorkFactory
+from ledger_core.service_layer.ports import (
+    IdempotencyCache,
+    StoredResponse,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,17 @@ def request_fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _replay(stored: StoredResponse, request_hash: str) -> Response | Failure:
+KEY_REUSED = Failure(
+    "idempotency_key_reused",
+    "This Idempotency-Key was already used with a different request.",
+)
+
+
+def replay(stored: StoredResponse, request_hash: str) -> Response | Failure:
+    """The stored answer if the request is the same one, else why the key cannot serve."""
     stored_hash, status_code, body = stored
     if stored_hash != request_hash:
-        return Failure(
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used with a different request.",
-        )
+        return KEY_REUSED
     return Response(status_code, body, replayed=True)
 
 
@@ -47,7 +56,7 @@ def run_idempotent(
     api_key_id: str,
     key: str | None,
     request_hash: str,
-    action: Callable[[Any], ActionResult | Failure],
+    action: Callable[[UnitOfWork], ActionResult | Failure],
 ) -> Response | Failure:
     """Run `action` inside one unit of work, at most once per (api_key_id, key).
 
@@ -57,7 +66,7 @@ def run_idempotent(
     if key is not None:
         cached = cache.get(api_key_id, key)
         if cached is not None:
-            return _replay(cached, request_hash)
+            return replay(cached, request_hash)
 
     with uow_factory() as uow:
         if key is not None:
@@ -73,7 +82,7 @@ def run_idempotent(
                 # Only for what is left of the key's life: a full fresh TTL here would
                 # let Redis answer for a key PostgreSQL has already let go of.
                 cache.put(api_key_id, key, stored, ttl_seconds=expires_in_seconds)
-                return _replay(stored, request_hash)
+                return replay(stored, request_hash)
 
         outcome = action(uow)
         if isinstance(outcome, Failure):

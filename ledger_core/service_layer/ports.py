@@ -1,12 +1,366 @@
-"""What the use cases need from the outside world, as protocols the adapters implement."""
+"""What the use cases need from the outside world, as protocols the adapters implement.
+
+The SQL adapters and the in-memory fakes of the unit tests both implement these, and mypy
+checks both against them, so a fake cannot drift from what the SQL does.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
 from typing import Any, Protocol
 
+from ledger_core.domain.model import AccountFacts, AccountState, Outcome
+from ledger_core.domain.records import (
+    AccountRecord,
+    AttemptRecord,
+    BatchRecord,
+    DeliveryRecord,
+    EndpointRecord,
+    EntryRecord,
+    TransferRecord,
+)
+from ledger_core.domain.webhooks import AttemptDecision
+
 StoredResponse = tuple[str, int, dict[str, Any]]  # request hash, status code, body
+
+
+# ----------------------------------------------------------------------------- records in
+
+
+@dataclass(frozen=True, slots=True)
+class NewTransfer:
+    """A transfer to store as PENDING."""
+
+    id: str
+    kind: str
+    source_account_id: str
+    destination_account_id: str
+    amount: int
+    currency: str
+    description: str | None
+    metadata: dict[str, str]
+    shard: int = 0
+    group_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    id: str
+    api_key_id: str
+    idempotency_key: str
+    request_hash: str
+    atomic: bool
+    items: list[NewTransfer]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRecord:
+    """What an Idempotency-Key already created, with the hash of the request that did."""
+
+    request_hash: str
+    record: TransferRecord | BatchRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTransfer:
+    record: TransferRecord
+    group_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """PENDING transfers locked by one posting transaction, atomic groups whole and
+    contiguous, in acceptance order; `now` is the transaction's timestamp. `full` says the
+    claim stopped at its limit, so more may be waiting."""
+
+    transfers: list[ClaimedTransfer]
+    now: datetime
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    delivery_id: str
+    attempts: int
+    event_id: str
+    payload: str
+    endpoint: EndpointRecord
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    id: str
+    type: str
+    transfer_id: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    id: str
+    event_id: str
+    endpoint_id: str
+    next_attempt_at: datetime
+    enqueued_until: datetime
+    created_at: datetime
+
+
+Violations = dict[str, list[tuple[str, int]]]
+
+
+# ----------------------------------------------------------------------------- repositories
+
+
+class AccountRepository(Protocol):
+    def add(
+        self,
+        *,
+        id: str,
+        currency: str,
+        name: str | None,
+        metadata: dict[str, str],
+        allow_overdraft: bool,
+    ) -> None: ...
+
+    def ensure_system_account(self, currency: str, id: str) -> None: ...
+
+    def get(self, account_id: str) -> AccountRecord | None: ...
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[AccountRecord]: ...
+
+    def facts(self, account_ids: Collection[str]) -> dict[str, AccountFacts]:
+        """The accounts among these ids that exist, without locks (what never changes)."""
+        ...
+
+    def system_facts(self, currency: str) -> AccountFacts | None: ...
+
+    def lock(self, account_ids: Collection[str]) -> dict[str, AccountState]:
+        """Lock the accounts in ascending id order, so that two postings never deadlock."""
+        ...
+
+    def set_balances(self, balances: Mapping[str, int]) -> None: ...
+
+
+class TransferRepository(Protocol):
+    def add_pending(
+        self, transfer: NewTransfer, *, api_key_id: str, idempotency_key: str, request_hash: str
+    ) -> TransferRecord | None:
+        """Store a PENDING transfer, or return None if this key already created one (a
+        unique constraint decides, also between concurrent requests)."""
+        ...
+
+    def add_batch(self, batch: NewBatch) -> BatchRecord | None:
+        """Store a batch and its PENDING transfers, or None if its key already made one."""
+        ...
+
+    def by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None: ...
+
+    def batch_by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None: ...
+
+    def get(self, transfer_id: str) -> TransferRecord | None: ...
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    def claim(self, *, shard: int, limit: int, only_ids: Sequence[str] | None = None) -> Claim:
+        """Lock claimable PENDING transfers (skipping those another posting holds), oldest
+        first, with the rest of every atomic group whose head is claimed: at most `limit`
+        transfers, unless the first group alone is bigger."""
+        ...
+
+    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime) -> None: ...
+
+    def record_posting_failure(
+        self,
+        transfer_ids: Sequence[str],
+        *,
+        error: str,
+        attempts_max: int,
+        retry_delays_seconds: Sequence[float],
+    ) -> list[str]:
+        """Count a failed posting attempt; return the ids that this made quarantined."""
+        ...
+
+    def stale_shards(self, *, older_than: datetime) -> dict[int, int]:
+        """Claimable PENDING transfers accepted before `older_than` (due for another
+        try, if one failed), counted by shard."""
+        ...
+
+    def release_quarantined(self, transfer_id: str) -> bool: ...
+
+
+class EntryRepository(Protocol):
+    def add_posted(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    def list_page(
+        self, account_id: str, *, after_id: int | None, limit: int
+    ) -> list[EntryRecord]: ...
+
+
+class IdempotencyRepository(Protocol):
+    def get(
+        self, api_key_id: str, key: str, *, ttl_seconds: int
+    ) -> tuple[StoredResponse, float] | None: ...
+
+    def put(
+        self,
+        api_key_id: str,
+        key: str,
+        *,
+        request_hash: str,
+        status_code: int,
+        response_body: dict[str, Any],
+    ) -> None: ...
+
+    def prune(self, *, older_than: datetime) -> int: ...
+
+
+class ApiKeyRepository(Protocol):
+    def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None: ...
+
+    def find_active(self, key_hash: bytes) -> tuple[str, str] | None: ...
+
+
+class CurrencyRepository(Protocol):
+    def custom_exponent(self, code: str) -> int | None: ...
+
+    def add_custom(self, code: str, exponent: int) -> bool: ...
+
+    def list_custom(self) -> list[tuple[str, int]]: ...
+
+
+class EndpointRepository(Protocol):
+    def add(
+        self,
+        *,
+        id: str,
+        url: str,
+        events: list[str],
+        account_ids: list[str] | None,
+        description: str | None,
+        secret: str,
+    ) -> None: ...
+
+    def get(self, endpoint_id: str) -> EndpointRecord | None: ...
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[EndpointRecord]: ...
+
+    def enabled(self) -> list[EndpointRecord]: ...
+
+    def update(self, endpoint_id: str, **values: Any) -> None: ...
+
+    def record_success(self, endpoint_id: str, now: datetime) -> None: ...
+
+    def record_failure(self, endpoint_id: str, now: datetime) -> None: ...
+
+
+class EventRepository(Protocol):
+    def add_many(self, events: Sequence[NewEvent], *, now: datetime) -> None: ...
+
+    def payload(self, event_id: str) -> str | None: ...
+
+
+class DeliveryRepository(Protocol):
+    def add_many(self, deliveries: Sequence[NewDelivery]) -> None: ...
+
+    def get(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    def list_page(
+        self, endpoint_id: str, *, after_id: str | None, limit: int
+    ) -> list[DeliveryRecord]: ...
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
+
+    def claim(
+        self, delivery_id: str, *, now: datetime, lease_until: datetime
+    ) -> ClaimedDelivery | None: ...
+
+    def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]: ...
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        attempted_at: datetime,
+        status_code: int | None,
+        error: str | None,
+        duration_milliseconds: int,
+        decision: AttemptDecision,
+    ) -> None: ...
+
+    def abandon(self, delivery_id: str, *, error: str) -> None: ...
+
+    def abandon_for_endpoint(self, endpoint_id: str, *, error: str) -> None: ...
+
+    def schedule_now(
+        self, delivery_id: str, *, now: datetime, enqueued_until: datetime
+    ) -> bool: ...
+
+
+class BooksChecks(Protocol):
+    def violations(
+        self, *, pending_age_max_seconds: float, delivery_overdue_max_seconds: float
+    ) -> Violations:
+        """Every reconciliation rule's violations, read in one consistent snapshot."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. It rolls back unless `commit()` was called."""
+
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def transfers(self) -> TransferRepository: ...
+
+    @property
+    def entries(self) -> EntryRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def currencies(self) -> CurrencyRepository: ...
+
+    @property
+    def endpoints(self) -> EndpointRepository: ...
+
+    @property
+    def events(self) -> EventRepository: ...
+
+    @property
+    def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def books(self) -> BooksChecks: ...
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def try_advisory_lock(self, *parts: str) -> bool:
+        """Take a transaction-scoped lock on the key without waiting; False if held."""
+        ...
+
+
+# Opens a unit of work: `with uow_factory() as uow: ...; uow.commit()`.
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+# ----------------------------------------------------------------------------- services
 
 
 class IdempotencyCache(Protocol):
@@ -20,11 +374,12 @@ class IdempotencyCache(Protocol):
     ) -> None: ...
 
 
-# Publishes one posting task. Called only after the transfer's transaction committed.
-EnqueuePosting = Callable[[str], None]
+# Tells the posting workers of a shard that PENDING transfers were committed. Called only
+# after the commit; must not block the caller (the sweeper covers a wake-up that is lost).
+WakePosting = Callable[[int], None]
 
-# Opens a unit of work: `with uow_factory() as uow: ...; uow.commit()`.
-UnitOfWorkFactory = Callable[[], AbstractContextManager[Any]]
+# Publishes delivery tasks. Called only after the deliveries' transaction committed.
+EnqueueDeliveries = Callable[[list[str]], None]
 
 
 class UrlGuard(Protocol):
@@ -33,32 +388,43 @@ class UrlGuard(Protocol):
     def check(self, url: str) -> str | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None
+    duration_milliseconds: int
+
+
 class WebhookSender(Protocol):
     def send(
-        self, url: str, *, message_id: str, payload: str, secrets: list[str], timestamp: Any
-    ) -> Any:  # AttemptResult
-        ...
-
-
-# Publishes delivery tasks. Called only after the deliveries' transaction committed.
-EnqueueDeliveries = Callable[[list[str]], None]
+        self, url: str, *, message_id: str, payload: str, secrets: list[str], timestamp: datetime
+    ) -> AttemptResult: ...
 
 
 class Metrics(Protocol):
     """What the use cases report; the Prometheus adapter implements it."""
 
-    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None: ...
+    def transfers_finalized(
+        self, counts_by_status: Mapping[str, int], latencies_seconds: Sequence[float]
+    ) -> None: ...
 
-    def posting_batch(self, size: int) -> None: ...
+    def posting_batch(self, size: int, duration_seconds: float) -> None: ...
+
+    def posting_failed(self, kind: str) -> None: ...
 
     def webhook_attempt(self, outcome: str) -> None: ...
 
 
 class NullMetrics:
-    def transfer_finalized(self, status: str, latency_seconds: float | None) -> None:
+    def transfers_finalized(
+        self, counts_by_status: Mapping[str, int], latencies_seconds: Sequence[float]
+    ) -> None:
         pass
 
-    def posting_batch(self, size: int) -> None:
+    def posting_batch(self, size: int, duration_seconds: float) -> None:
+        pass
+
+    def posting_failed(self, kind: str) -> None:
         pass
 
     def webhook_attempt(self, outcome: str) -> None:
@@ -76,3 +442,7 @@ class NullIdempotencyCache:
 
     def put(self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float) -> None:
         pass
+
+
+def no_wake(shard: int) -> None:
+    """For tools that post explicitly (tests, benchmarks): nobody to wake."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ledger_core.adapters.books_checks import run_checks
-from ledger_core.service_layer.ports import UnitOfWorkFactory
+from ledger_core.service_layer.ports import UnitOfWorkFactory, Violations
 
 # Defaults for the two "stuck work" rules; the CLI and the beat task can change them.
 pending_age_max_seconds_default = 300.0
@@ -15,18 +14,16 @@ def reconcile(
     *,
     pending_age_max_seconds: float = pending_age_max_seconds_default,
     delivery_overdue_max_seconds: float = delivery_overdue_max_seconds_default,
-) -> dict[str, list[tuple[str, int]]]:
-    """Violations by rule, read in one REPEATABLE READ snapshot so that rules agree."""
+) -> Violations:
+    """Violations by rule, read in one consistent snapshot so that rules agree."""
     with uow_factory() as uow:
-        uow.connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        return run_checks(
-            uow.connection,
+        return uow.books.violations(
             pending_age_max_seconds=pending_age_max_seconds,
             delivery_overdue_max_seconds=delivery_overdue_max_seconds,
         )
 
 
-def report(violations: dict[str, list[tuple[str, int]]], sample_size_max: int = 10) -> str:
+def report(violations: Violations, sample_size_max: int = 10) -> str:
     """A human-readable report: one line per rule, with a few offending rows."""
     lines = []
     for rule, rows in violations.items():

@@ -35,8 +35,12 @@ from ledger_core.service_layer.ports import (
     NULL_METRICS,
     EnqueueDeliveries,
     Metrics,
+    NewDelivery,
+    NewEvent,
+    UnitOfWork,
     UnitOfWorkFactory,
     UrlGuard,
+    WebhookSender,
 )
 
 log = logging.getLogger(__name__)
@@ -76,10 +80,10 @@ def _check_url(guard: UrlGuard, url: str) -> Failure | None:
     )
 
 
-def _check_accounts(uow: Any, account_ids: Sequence[str] | None) -> Failure | None:
+def _check_accounts(uow: UnitOfWork, account_ids: Sequence[str] | None) -> Failure | None:
     if not account_ids:
         return None
-    missing = sorted(set(account_ids) - set(uow.accounts.states(account_ids)))
+    missing = sorted(set(account_ids) - set(uow.accounts.facts(account_ids)))
     if missing:
         return Failure("account_not_found", f"No such accounts: {missing}")
     return None
@@ -115,6 +119,7 @@ def create_endpoint(
             secret=new_secret(),
         )
         record = uow.endpoints.get(endpoint_id)
+        assert record is not None, "an endpoint added in this transaction reads back"
         uow.commit()
     return record.to_json(include_secret=True)
 
@@ -173,6 +178,7 @@ def update_endpoint(
         if values:
             uow.endpoints.update(endpoint_id, **values)
         record = uow.endpoints.get(endpoint_id)
+        assert record is not None, "the endpoint read above still exists in this transaction"
         uow.commit()
     return record.to_json()
 
@@ -224,39 +230,50 @@ def event_payload(event_id: str, event_type: str, now: datetime, transfer: Trans
 
 
 def write_events(
-    uow: Any, transfers: Sequence[TransferRecord], *, now: datetime, requeue_after_seconds: float
+    uow: UnitOfWork,
+    transfers: Sequence[TransferRecord],
+    *,
+    now: datetime,
+    requeue_after_seconds: float,
 ) -> list[str]:
     """Inside the posting transaction: one event per final transfer, one delivery per
-    matching endpoint. Returns the delivery ids to enqueue once it commits."""
-    endpoints = uow.endpoints.enabled() if transfers else []
-    deliveries: list[dict[str, Any]] = []
+    matching endpoint, each set in one statement. Returns the delivery ids to enqueue
+    once it commits."""
+    if not transfers:
+        return []
+    endpoints = uow.endpoints.enabled()
+    events: list[NewEvent] = []
+    deliveries: list[NewDelivery] = []
+    # The posting task enqueues these right after commit; if that enqueue is lost, the
+    # scheduler enqueues them again after this.
+    enqueued_until = now + timedelta(seconds=requeue_after_seconds)
     for transfer in transfers:
         event_type = EVENT_TYPE_BY_STATUS[transfer.status].value
         event_id = new_id(EVENT_PREFIX)
-        uow.events.add(
-            id=event_id,
-            type=event_type,
-            transfer_id=transfer.id,
-            payload=event_payload(event_id, event_type, now, transfer),
-            now=now,
+        events.append(
+            NewEvent(
+                event_id,
+                event_type,
+                transfer.id,
+                event_payload(event_id, event_type, now, transfer),
+            )
         )
         accounts = {transfer.source_account_id, transfer.destination_account_id}
         deliveries += [
-            {
-                "id": new_id(DELIVERY_PREFIX),
-                "event_id": event_id,
-                "endpoint_id": endpoint.id,
-                "next_attempt_at": now,
-                # The posting task enqueues these right after commit; if that enqueue
-                # is lost, the scheduler enqueues them again after this.
-                "enqueued_until": now + timedelta(seconds=requeue_after_seconds),
-                "created_at": now,
-            }
+            NewDelivery(
+                id=new_id(DELIVERY_PREFIX),
+                event_id=event_id,
+                endpoint_id=endpoint.id,
+                next_attempt_at=now,
+                enqueued_until=enqueued_until,
+                created_at=now,
+            )
             for endpoint in endpoints
             if endpoint_matches(endpoint, event_type, accounts)
         ]
+    uow.events.add_many(events, now=now)
     uow.deliveries.add_many(deliveries)
-    return [d["id"] for d in deliveries]
+    return [d.id for d in deliveries]
 
 
 def get_event(uow_factory: UnitOfWorkFactory, event_id: str) -> dict[str, Any] | Failure:
@@ -306,6 +323,7 @@ def retry_delivery(
         if not scheduled:
             return Failure("delivery_in_progress", "An attempt is running; retry after it.")
         record = uow.deliveries.get(delivery_id)
+        assert record is not None, "the delivery read above still exists in this transaction"
         uow.commit()
     enqueue([delivery_id])
     return record.to_json()
@@ -334,7 +352,7 @@ def enqueue_due_deliveries(
 
 def attempt_delivery(
     uow_factory: UnitOfWorkFactory,
-    sender: Any,
+    sender: WebhookSender,
     delivery_id: str,
     *,
     schedule: tuple[float, ...],

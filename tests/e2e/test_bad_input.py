@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 
-from ledger_core.service_layer.access import Scope, authenticate, create_api_key
+from ledger_core.service_layer.access import Scope, create_api_key
 
 # What a request can write. Entries are left out: they come only from the worker posting
 # transfers (whose count is here), and a worker may be posting earlier ones meanwhile.
@@ -179,23 +179,6 @@ def test_idempotency_key_rules(web: FlaskClient, usd: list[str], snapshot: Any) 
     assert same.headers["Idempotent-Replayed"] == "true"
     assert same.json == first.json
     assert snapshot() == after_first
-
-
-def test_same_key_while_first_request_uncommitted_is_409(
-    web: FlaskClient, usd: list[str], uow_factory: Any, admin_key: str, snapshot: Any
-) -> None:
-
-    key_id, _ = authenticate(uow_factory, admin_key)
-    before = snapshot()
-    with uow_factory() as in_flight:
-        # Stand in for a first request that holds the key and has not committed yet.
-        assert in_flight.try_advisory_lock("idempotency", key_id, "bad-input-busy")
-        response = web.post(
-            "/v1/deposits", json={"account_id": usd[0], "amount": 1}, headers=key("busy")
-        )
-    assert_problem(response, 409, "idempotency_key_in_use")
-    assert response.headers["Retry-After"] == "1"
-    assert snapshot() == before
 
 
 def test_accounts_validation(web: FlaskClient, snapshot: Any) -> None:

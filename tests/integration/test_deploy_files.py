@@ -17,11 +17,11 @@ import celeryconfig
 from devstack.run import DEV_PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = ["release", "web", "worker", "webhooks", "beat", "flower"]
+PROCESSES = ["release", "web", "worker", "webhooks", "housekeeping", "beat", "flower"]
 # The compose service that plays each Procfile process; postgres and redis are extra.
 SERVICE_OF = {name: name for name in PROCESSES} | {"release": "migrate"}
 SERVERS = {"postgres", "redis"}
-QUEUE_OF = {"worker": "transfers", "webhooks": "webhooks"}
+QUEUE_OF = {"worker": "transfers", "webhooks": "webhooks", "housekeeping": "housekeeping"}
 # migrate runs once and exits; beat has nothing to ask (a crashed beat exits, is restarted).
 WITHOUT_HEALTHCHECK = {"migrate", "beat"}
 

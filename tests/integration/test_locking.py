@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ledger_core.domain.model import Posted, Rejected, RejectionReason, TransferKind
-from ledger_core.service_layer import ledger
+from ledger_core.service_layer import accounts, posting
 from ledger_core.service_layer.reconcile import reconcile
 from tests.support.books import Books
 
@@ -27,13 +27,13 @@ def test_two_concurrent_postings_of_one_account_serialise(
 ) -> None:
     source, destination = books.open_account(), books.open_account()
     funding = books.accept(TransferKind.DEPOSIT, None, source, 100)
-    ledger.post_transfers(uow_factory, [funding])
+    posting.post_transfers(uow_factory, [funding])
     transfers = [books.accept(TransferKind.TRANSFER, source, destination, 100) for _ in range(2)]
     barrier = threading.Barrier(2)
 
     def post(transfer_id: str) -> list[Any]:
         barrier.wait()
-        return ledger.post_transfers(uow_factory, [transfer_id])
+        return posting.post_transfers(uow_factory, [transfer_id])
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = [o for result in pool.map(post, transfers) for o in result]
@@ -61,7 +61,7 @@ def test_opposite_transfers_in_many_threads_never_deadlock(uow_factory: Any, boo
     # Batches that overlap in accounts, posted from several threads at once.
     batches = [transfers[i::threads_count] for i in range(threads_count)]
     with ThreadPoolExecutor(threads_count) as pool:
-        results = list(pool.map(lambda batch: ledger.post_transfers(uow_factory, batch), batches))
+        results = list(pool.map(lambda batch: posting.post_transfers(uow_factory, batch), batches))
     assert sum(isinstance(o, Posted) for r in results for o in r) == 120
     assert not any(reconcile(uow_factory).values())
 
@@ -70,7 +70,7 @@ def test_posting_twice_posts_once(uow_factory: Any, books: Books) -> None:
     account = books.open_account()
     deposit = books.accept(TransferKind.DEPOSIT, None, account, 42)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: ledger.post_transfers(uow_factory, [deposit]), range(4)))
+        results = list(pool.map(lambda _: posting.post_transfers(uow_factory, [deposit]), range(4)))
     assert sum(len(r) for r in results) == 1
-    assert ledger.post_transfers(uow_factory, [deposit]) == []
-    assert ledger.get_account(uow_factory, account)["balance"]["posted"] == 42
+    assert posting.post_transfers(uow_factory, [deposit]) == []
+    assert accounts.get_account(uow_factory, account)["balance"]["posted"] == 42

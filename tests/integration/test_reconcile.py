@@ -7,7 +7,6 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from alembic.config import Config
 
 from devstack import create_database
 from ledger_core.adapters.database import make_engine
-from ledger_core.adapters.sql import SqlUnitOfWork
+from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import webhooks
@@ -42,7 +41,7 @@ def books(servers: tuple[str, str]) -> Iterator[dict[str, Any]]:
     config.attributes["database_url"] = url
     command.upgrade(config, "head")
     engine = make_engine(Settings(database_url=url, redis_url=servers[1]))
-    uow_factory = partial(SqlUnitOfWork, engine)
+    uow_factory = SqlUnitOfWorkFactory(engine)
     made = Books(uow_factory)
     alice, bob = made.open_account(), made.open_account()
     # An endpoint, so that postings leave deliveries behind (nobody attempts them here).

@@ -6,9 +6,9 @@ import secrets
 from typing import Any
 
 from ledger_core.domain.model import TransferKind
-from ledger_core.service_layer import ledger
+from ledger_core.service_layer import accept, accounts, posting
 from ledger_core.service_layer.access import Scope, authenticate, create_api_key
-from ledger_core.service_layer.ports import NullIdempotencyCache
+from ledger_core.service_layer.ports import NullIdempotencyCache, no_wake
 
 
 class Books:
@@ -20,7 +20,7 @@ class Books:
         self.key_id = found[0]
 
     def open_account(self, currency: str = "USD", *, allow_overdraft: bool = False) -> str:
-        response = ledger.open_account(
+        response = accounts.open_account(
             self.uow_factory,
             NullIdempotencyCache(),
             api_key_id=self.key_id,
@@ -37,19 +37,14 @@ class Books:
         self, kind: TransferKind, source: str | None, destination: str | None, amount: int
     ) -> str:
         """Accept a transfer; its enqueue goes nowhere, so only an explicit post moves it."""
-        response = ledger.accept_transfer(
+        response = accept.accept_transfer(
             self.uow_factory,
             NullIdempotencyCache(),
-            lambda _id: None,
+            no_wake,
             api_key_id=self.key_id,
             idempotency_key=secrets.token_hex(8),
             request_hash="h",
-            kind=kind,
-            source_account_id=source,
-            destination_account_id=destination,
-            amount=amount,
-            description=None,
-            metadata={},
+            request=accept.MovementRequest(kind, source, destination, amount),
         )
         return response.body["id"]
 
@@ -57,5 +52,5 @@ class Books:
         self, kind: TransferKind, source: str | None, destination: str | None, amount: int
     ) -> str:
         transfer_id = self.accept(kind, source, destination, amount)
-        ledger.post_transfers(self.uow_factory, [transfer_id])
+        posting.post_transfers(self.uow_factory, [transfer_id])
         return transfer_id

@@ -75,7 +75,9 @@ class Process:
         return psutil.Process(self.pid).children(recursive=True)
 
 
-def start_worker(env: dict[str, str], log_dir: Path, *, name: str, queue: str) -> Process:
+def start_worker(
+    env: dict[str, str], log_dir: Path, *, name: str, queue: str, concurrency: int = 2
+) -> Process:
     process = Process(
         name,
         [
@@ -90,7 +92,7 @@ def start_worker(env: dict[str, str], log_dir: Path, *, name: str, queue: str) -
             "--pool",
             "prefork",
             "--concurrency",
-            "2",
+            str(concurrency),
             "--loglevel",
             "INFO",
             "--without-mingle",

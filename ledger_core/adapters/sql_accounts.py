@@ -1,0 +1,189 @@
+"""PostgreSQL repository of accounts, with a per-process cache of what never changes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection
+
+from ledger_core.domain.model import AccountFacts, AccountState
+from ledger_core.domain.records import AccountRecord
+
+# Facts are a few hundred bytes each: a full cache costs tens of MB per process, and when
+# it fills up it is simply emptied.
+account_facts_cache_size_max = 100_000
+
+ADD = """
+    INSERT INTO accounts (id, currency, name, metadata, allow_overdraft)
+    VALUES (%(id)s, %(currency)s, %(name)s, %(metadata)s, %(allow_overdraft)s)
+"""
+# Concurrent callers agree: the partial unique index lets one system account per currency in.
+ENSURE_SYSTEM = """
+    INSERT INTO accounts (id, currency, name, allow_overdraft, is_system)
+    VALUES (%(id)s, %(currency)s, %(name)s, true, true)
+    ON CONFLICT (currency) WHERE is_system DO NOTHING
+"""
+FACTS = """
+    SELECT id, currency, allow_overdraft, is_system FROM accounts WHERE id = ANY(%(ids)s)
+"""
+SYSTEM_FACTS = """
+    SELECT id, currency, allow_overdraft, is_system FROM accounts
+    WHERE currency = %(currency)s AND is_system
+"""
+# FOR NO KEY UPDATE rather than FOR UPDATE: posting changes balances, never keys, and the
+# weaker lock lets the API keep inserting transfers that reference these accounts (their
+# foreign keys take FOR KEY SHARE, which FOR UPDATE would block).
+LOCK = """
+    SELECT id, currency, balance, allow_overdraft, is_system FROM accounts
+    WHERE id = ANY(%(ids)s) ORDER BY id FOR NO KEY UPDATE
+"""
+SET_BALANCES = """
+    UPDATE accounts AS a SET balance = v.balance
+    FROM unnest(%(ids)s::text[], %(balances)s::numeric[]) AS v(id, balance)
+    WHERE a.id = v.id
+"""
+RECORD_COLUMNS = """
+    a.id, a.currency, a.name, a.metadata, a.allow_overdraft, a.is_system, a.balance,
+    a.created_at,
+    coalesce((SELECT sum(p.amount) FROM transfers p
+              WHERE p.destination_account_id = a.id AND p.status = 'pending'), 0) AS pending_in,
+    coalesce((SELECT sum(p.amount) FROM transfers p
+              WHERE p.source_account_id = a.id AND p.status = 'pending'), 0) AS pending_out
+"""
+GET = f"SELECT {RECORD_COLUMNS} FROM accounts a WHERE a.id = %(id)s"
+FIRST_PAGE = f"SELECT {RECORD_COLUMNS} FROM accounts a ORDER BY a.id LIMIT %(limit)s"
+NEXT_PAGE = (
+    f"SELECT {RECORD_COLUMNS} FROM accounts a WHERE a.id > %(after)s ORDER BY a.id LIMIT %(limit)s"
+)
+
+
+class AccountFactsCache:
+    """Currency, overdraft permission and system flag of accounts, which never change once
+    an account is open: the accept path reads them from here, not from PostgreSQL. Only
+    accounts that exist are cached, so one opened a moment ago is never missed."""
+
+    def __init__(self, size_max: int = account_facts_cache_size_max) -> None:
+        self._size_max = size_max
+        self._by_id: dict[str, AccountFacts] = {}
+        self._system: dict[str, AccountFacts] = {}
+        self._lock = threading.Lock()
+
+    def get(self, account_id: str) -> AccountFacts | None:
+        return self._by_id.get(account_id)
+
+    def system(self, currency: str) -> AccountFacts | None:
+        return self._system.get(currency)
+
+    def remember(self, facts: Collection[AccountFacts]) -> None:
+        with self._lock:
+            if len(self._by_id) + len(facts) > self._size_max:
+                self._by_id.clear()
+            for fact in facts:
+                self._by_id[fact.id] = fact
+                if fact.is_system:
+                    self._system[fact.currency] = fact
+
+
+def _facts(row: Any) -> AccountFacts:
+    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system)
+
+
+def _record(row: Any) -> AccountRecord:
+    return AccountRecord(
+        id=row.id,
+        currency=row.currency,
+        name=row.name,
+        metadata=row.metadata,
+        allow_overdraft=row.allow_overdraft,
+        is_system=row.is_system,
+        posted=int(row.balance),
+        pending_in=int(row.pending_in),
+        pending_out=int(row.pending_out),
+        created_at=row.created_at,
+    )
+
+
+class SqlAccountRepository:
+    def __init__(self, connection: Connection, cache: AccountFactsCache) -> None:
+        self._c = connection
+        self._cache = cache
+
+    def add(
+        self,
+        *,
+        id: str,
+        currency: str,
+        name: str | None,
+        metadata: dict[str, str],
+        allow_overdraft: bool,
+    ) -> None:
+        self._c.exec_driver_sql(
+            ADD,
+            {
+                "id": id,
+                "currency": currency,
+                "name": name,
+                "metadata": Jsonb(metadata),
+                "allow_overdraft": allow_overdraft,
+            },
+        )
+
+    def ensure_system_account(self, currency: str, id: str) -> None:
+        self._c.exec_driver_sql(
+            ENSURE_SYSTEM, {"id": id, "currency": currency, "name": f"{currency} system account"}
+        )
+
+    def get(self, account_id: str) -> AccountRecord | None:
+        row = self._c.exec_driver_sql(GET, {"id": account_id}).first()
+        return None if row is None else _record(row)
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[AccountRecord]:
+        if after_id is None:
+            rows = self._c.exec_driver_sql(FIRST_PAGE, {"limit": limit})
+        else:
+            rows = self._c.exec_driver_sql(NEXT_PAGE, {"after": after_id, "limit": limit})
+        return [_record(row) for row in rows]
+
+    def facts(self, account_ids: Collection[str]) -> dict[str, AccountFacts]:
+        found: dict[str, AccountFacts] = {}
+        missing: list[str] = []
+        for account_id in account_ids:
+            fact = self._cache.get(account_id)
+            if fact is None:
+                missing.append(account_id)
+            else:
+                found[account_id] = fact
+        if missing:
+            fetched = [_facts(row) for row in self._c.exec_driver_sql(FACTS, {"ids": missing})]
+            self._cache.remember(fetched)
+            found.update((fact.id, fact) for fact in fetched)
+        return found
+
+    def system_facts(self, currency: str) -> AccountFacts | None:
+        cached = self._cache.system(currency)
+        if cached is not None:
+            return cached
+        row = self._c.exec_driver_sql(SYSTEM_FACTS, {"currency": currency}).first()
+        if row is None:
+            return None
+        fact = _facts(row)
+        self._cache.remember([fact])
+        return fact
+
+    def lock(self, account_ids: Collection[str]) -> dict[str, AccountState]:
+        rows = self._c.exec_driver_sql(LOCK, {"ids": sorted(account_ids)})
+        return {
+            row.id: AccountState(
+                row.id, row.currency, int(row.balance), row.allow_overdraft, row.is_system
+            )
+            for row in rows
+        }
+
+    def set_balances(self, balances: Mapping[str, int]) -> None:
+        if balances:
+            self._c.exec_driver_sql(
+                SET_BALANCES, {"ids": list(balances), "balances": list(balances.values())}
+            )

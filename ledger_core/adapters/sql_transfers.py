@@ -1,0 +1,400 @@
+"""PostgreSQL repositories of transfers (accepting, claiming, finalising) and entries.
+
+Posting writes each kind of row with one set-based statement per batch (`unnest` of
+arrays), whatever the batch size: the cost per transfer falls as batches grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection
+
+from ledger_core.domain.model import Outcome, Posted
+from ledger_core.domain.records import BatchRecord, EntryRecord, TransferRecord
+from ledger_core.service_layer.ports import (
+    Claim,
+    ClaimedTransfer,
+    KeyedRecord,
+    NewBatch,
+    NewTransfer,
+)
+
+# The sweeper counts at most this many stale transfers per run: it only needs to know
+# which shards to wake, not how deep their backlog is.
+stale_scan_rows_max = 10_000
+
+COLUMNS = """
+    t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
+    t.amount, t.currency, t.description, t.metadata, t.batch_id, t.created_at, t.posted_at
+"""
+ADD_PENDING = """
+    INSERT INTO transfers (id, kind, source_account_id, destination_account_id, amount,
+                           currency, description, metadata, api_key_id, idempotency_key,
+                           request_hash, shard)
+    VALUES (%(id)s, %(kind)s, %(source)s, %(destination)s, %(amount)s, %(currency)s,
+            %(description)s, %(metadata)s, %(api_key_id)s, %(key)s, %(request_hash)s,
+            %(shard)s)
+    ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING created_at
+"""
+BY_KEY = f"""
+    SELECT {COLUMNS}, t.request_hash FROM transfers t
+    WHERE t.api_key_id = %(api_key_id)s AND t.idempotency_key = %(key)s
+"""
+GET = f"SELECT {COLUMNS} FROM transfers t WHERE t.id = %(id)s"
+
+ADD_BATCH = """
+    INSERT INTO transfer_batches (id, api_key_id, idempotency_key, request_hash, atomic,
+                                  item_count)
+    VALUES (%(id)s, %(api_key_id)s, %(key)s, %(request_hash)s, %(atomic)s, %(count)s)
+    ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+    RETURNING created_at
+"""
+# ORDER BY the array position: identity values, hence acceptance order, follow item order.
+ADD_BATCH_ITEMS = """
+    INSERT INTO transfers (id, kind, source_account_id, destination_account_id, amount,
+                           currency, description, metadata, api_key_id, batch_id, group_id,
+                           shard)
+    SELECT id, kind, source, destination, amount, currency, description, metadata,
+           %(api_key_id)s, %(batch_id)s, group_id, shard
+    FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(sources)s::text[],
+                %(destinations)s::text[], %(amounts)s::bigint[], %(currencies)s::text[],
+                %(descriptions)s::text[], %(metadata)s::jsonb[], %(group_ids)s::text[],
+                %(shards)s::smallint[])
+         WITH ORDINALITY AS u(id, kind, source, destination, amount, currency, description,
+                              metadata, group_id, shard, position)
+    ORDER BY position
+"""
+BATCH_BY_KEY = """
+    SELECT id, atomic, created_at, request_hash FROM transfer_batches
+    WHERE api_key_id = %(api_key_id)s AND idempotency_key = %(key)s
+"""
+BATCH_BY_ID = "SELECT id, atomic, created_at FROM transfer_batches WHERE id = %(id)s"
+BATCH_ITEMS = f"SELECT {COLUMNS} FROM transfers t WHERE t.batch_id = %(id)s ORDER BY t.seq"
+
+CLAIM_COLUMNS = f"""
+    {COLUMNS}, t.group_id,
+    CASE WHEN t.group_id IS NULL THEN 1
+         ELSE (SELECT b.item_count FROM transfer_batches b WHERE b.id = t.batch_id) END
+        AS unit_size,
+    now() AS now
+"""
+# The WHERE clause repeats ix_transfers_claimable's predicate, so the index serves it.
+# SKIP LOCKED: concurrent postings take disjoint sets instead of queueing on each other.
+CLAIM = f"""
+    SELECT {CLAIM_COLUMNS} FROM transfers t
+    WHERE t.status = 'pending' AND (t.group_id IS NULL OR t.group_id = t.id)
+      AND t.shard = %(shard)s
+      AND (t.posting_retry_at IS NULL OR t.posting_retry_at <= now())
+    ORDER BY t.seq
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF t SKIP LOCKED
+"""
+CLAIM_IDS = f"""
+    SELECT {CLAIM_COLUMNS} FROM transfers t
+    WHERE t.status = 'pending' AND (t.group_id IS NULL OR t.group_id = t.id)
+      AND t.id = ANY(%(ids)s)
+    ORDER BY t.seq
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF t SKIP LOCKED
+"""
+# Only the holder of a group's head ever locks its members, so this never waits long.
+CLAIM_MEMBERS = f"""
+    SELECT {COLUMNS}, t.group_id FROM transfers t
+    WHERE t.group_id = ANY(%(heads)s) AND t.id <> t.group_id AND t.status = 'pending'
+    ORDER BY t.seq
+    FOR NO KEY UPDATE OF t
+"""
+FINALIZE = """
+    UPDATE transfers AS t
+    SET status = v.status, rejection_reason = v.reason,
+        posted_at = CASE WHEN v.status = 'posted' THEN %(now)s::timestamptz END,
+        finalized_at = %(now)s, posting_retry_at = NULL
+    FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(reasons)s::text[])
+         AS v(id, status, reason)
+    WHERE t.id = v.id AND t.status = 'pending'
+"""
+RECORD_FAILURE = """
+    UPDATE transfers
+    SET posting_attempts = posting_attempts + 1,
+        posting_error = %(error)s,
+        status = CASE WHEN posting_attempts + 1 >= %(attempts_max)s THEN 'quarantined'
+                      ELSE status END,
+        posting_retry_at = now() + make_interval(secs => (%(delays)s::float8[])[
+            least(posting_attempts + 1, cardinality(%(delays)s::float8[]))])
+    WHERE id = ANY(%(ids)s) AND status = 'pending'
+    RETURNING id, status
+"""
+STALE_SHARDS = """
+    SELECT shard, count(*) AS stale FROM (
+        SELECT shard FROM transfers
+        WHERE status = 'pending' AND (group_id IS NULL OR group_id = id)
+          AND created_at < %(older_than)s
+          AND (posting_retry_at IS NULL OR posting_retry_at <= now())
+        LIMIT %(rows_max)s
+    ) s GROUP BY shard
+"""
+RELEASE = """
+    UPDATE transfers SET status = 'pending', posting_attempts = 0, posting_retry_at = NULL
+    WHERE id = %(id)s AND status = 'quarantined'
+    RETURNING id
+"""
+
+ADD_ENTRIES = """
+    INSERT INTO entries (transfer_id, account_id, amount, balance_after)
+    SELECT transfer_id, account_id, amount, balance_after
+    FROM unnest(%(transfer_ids)s::text[], %(account_ids)s::text[], %(amounts)s::bigint[],
+                %(balances)s::numeric[])
+         WITH ORDINALITY AS u(transfer_id, account_id, amount, balance_after, position)
+    ORDER BY position
+"""
+ENTRY_COLUMNS = "id, transfer_id, account_id, amount, balance_after, created_at"
+FIRST_ENTRIES = f"""
+    SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = %(account_id)s
+    ORDER BY id LIMIT %(limit)s
+"""
+NEXT_ENTRIES = f"""
+    SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = %(account_id)s AND id > %(after)s
+    ORDER BY id LIMIT %(limit)s
+"""
+
+
+def transfer_record(row: Any) -> TransferRecord:
+    return TransferRecord(
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        rejection_reason=row.rejection_reason,
+        source_account_id=row.source_account_id,
+        destination_account_id=row.destination_account_id,
+        amount=row.amount,
+        currency=row.currency,
+        description=row.description,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        posted_at=row.posted_at,
+        batch_id=row.batch_id,
+    )
+
+
+def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None) -> TransferRecord:
+    return TransferRecord(
+        id=transfer.id,
+        kind=transfer.kind,
+        status="pending",
+        rejection_reason=None,
+        source_account_id=transfer.source_account_id,
+        destination_account_id=transfer.destination_account_id,
+        amount=transfer.amount,
+        currency=transfer.currency,
+        description=transfer.description,
+        metadata=transfer.metadata,
+        created_at=created_at,
+        posted_at=None,
+        batch_id=batch_id,
+    )
+
+
+class SqlTransferRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def add_pending(
+        self, transfer: NewTransfer, *, api_key_id: str, idempotency_key: str, request_hash: str
+    ) -> TransferRecord | None:
+        created_at = self._c.exec_driver_sql(
+            ADD_PENDING,
+            {
+                "id": transfer.id,
+                "kind": transfer.kind,
+                "source": transfer.source_account_id,
+                "destination": transfer.destination_account_id,
+                "amount": transfer.amount,
+                "currency": transfer.currency,
+                "description": transfer.description,
+                "metadata": Jsonb(transfer.metadata),
+                "api_key_id": api_key_id,
+                "key": idempotency_key,
+                "request_hash": request_hash,
+                "shard": transfer.shard,
+            },
+        ).scalar()
+        return None if created_at is None else _accepted(transfer, created_at, None)
+
+    def add_batch(self, batch: NewBatch) -> BatchRecord | None:
+        created_at = self._c.exec_driver_sql(
+            ADD_BATCH,
+            {
+                "id": batch.id,
+                "api_key_id": batch.api_key_id,
+                "key": batch.idempotency_key,
+                "request_hash": batch.request_hash,
+                "atomic": batch.atomic,
+                "count": len(batch.items),
+            },
+        ).scalar()
+        if created_at is None:
+            return None
+        items = batch.items
+        self._c.exec_driver_sql(
+            ADD_BATCH_ITEMS,
+            {
+                "api_key_id": batch.api_key_id,
+                "batch_id": batch.id,
+                "ids": [i.id for i in items],
+                "kinds": [i.kind for i in items],
+                "sources": [i.source_account_id for i in items],
+                "destinations": [i.destination_account_id for i in items],
+                "amounts": [i.amount for i in items],
+                "currencies": [i.currency for i in items],
+                "descriptions": [i.description for i in items],
+                "metadata": [Jsonb(i.metadata) for i in items],
+                "group_ids": [i.group_id for i in items],
+                "shards": [i.shard for i in items],
+            },
+        )
+        # One statement, one transaction: every item has the batch's timestamp.
+        return BatchRecord(
+            batch.id, batch.atomic, created_at, [_accepted(i, created_at, batch.id) for i in items]
+        )
+
+    def by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None:
+        row = self._c.exec_driver_sql(BY_KEY, {"api_key_id": api_key_id, "key": key}).first()
+        return None if row is None else KeyedRecord(row.request_hash, transfer_record(row))
+
+    def batch_by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None:
+        row = self._c.exec_driver_sql(BATCH_BY_KEY, {"api_key_id": api_key_id, "key": key}).first()
+        if row is None:
+            return None
+        return KeyedRecord(row.request_hash, self._batch(row))
+
+    def get(self, transfer_id: str) -> TransferRecord | None:
+        row = self._c.exec_driver_sql(GET, {"id": transfer_id}).first()
+        return None if row is None else transfer_record(row)
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        row = self._c.exec_driver_sql(BATCH_BY_ID, {"id": batch_id}).first()
+        return None if row is None else self._batch(row)
+
+    def _batch(self, row: Any) -> BatchRecord:
+        items = self._c.exec_driver_sql(BATCH_ITEMS, {"id": row.id})
+        return BatchRecord(row.id, row.atomic, row.created_at, [transfer_record(i) for i in items])
+
+    def claim(self, *, shard: int, limit: int, only_ids: Sequence[str] | None = None) -> Claim:
+        if only_ids is None:
+            rows = self._c.exec_driver_sql(CLAIM, {"shard": shard, "limit": limit}).all()
+        else:
+            rows = self._c.exec_driver_sql(CLAIM_IDS, {"ids": list(only_ids), "limit": limit}).all()
+        if not rows:
+            return Claim([], now=self._now())
+        # Whole units up to `limit` transfers (the first unit even if bigger); heads cut off
+        # here stay PENDING and are released when this transaction ends.
+        kept: list[Any] = []
+        size = 0
+        for row in rows:
+            if kept and size + row.unit_size > limit:
+                break
+            kept.append(row)
+            size += row.unit_size
+        full = len(rows) >= limit or len(kept) < len(rows)
+        heads = [row.id for row in kept if row.group_id is not None]
+        members: dict[str, list[ClaimedTransfer]] = {}
+        if heads:
+            for member in self._c.exec_driver_sql(CLAIM_MEMBERS, {"heads": heads}):
+                members.setdefault(member.group_id, []).append(
+                    ClaimedTransfer(transfer_record(member), member.group_id)
+                )
+        transfers: list[ClaimedTransfer] = []
+        for row in kept:
+            transfers.append(ClaimedTransfer(transfer_record(row), row.group_id))
+            transfers += members.get(row.id, []) if row.group_id is not None else []
+        return Claim(transfers, now=rows[0].now, full=full)
+
+    def _now(self) -> datetime:
+        value: datetime = self._c.exec_driver_sql("SELECT now()").scalar_one()
+        return value
+
+    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+        if not outcomes:
+            return
+        self._c.exec_driver_sql(
+            FINALIZE,
+            {
+                "now": now,
+                "ids": [o.transfer_id for o in outcomes],
+                "statuses": ["posted" if isinstance(o, Posted) else "rejected" for o in outcomes],
+                "reasons": [None if isinstance(o, Posted) else o.reason.value for o in outcomes],
+            },
+        )
+
+    def record_posting_failure(
+        self,
+        transfer_ids: Sequence[str],
+        *,
+        error: str,
+        attempts_max: int,
+        retry_delays_seconds: Sequence[float],
+    ) -> list[str]:
+        rows = self._c.exec_driver_sql(
+            RECORD_FAILURE,
+            {
+                "ids": list(transfer_ids),
+                "error": error,
+                "attempts_max": attempts_max,
+                "delays": [float(d) for d in retry_delays_seconds],
+            },
+        )
+        return [row.id for row in rows if row.status == "quarantined"]
+
+    def stale_shards(self, *, older_than: datetime) -> dict[int, int]:
+        rows = self._c.exec_driver_sql(
+            STALE_SHARDS, {"older_than": older_than, "rows_max": stale_scan_rows_max}
+        )
+        return {int(row.shard): int(row.stale) for row in rows}
+
+    def release_quarantined(self, transfer_id: str) -> bool:
+        return self._c.exec_driver_sql(RELEASE, {"id": transfer_id}).first() is not None
+
+
+class SqlEntryRepository:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def add_posted(self, outcomes: Sequence[Outcome]) -> None:
+        entries = [e for o in outcomes if isinstance(o, Posted) for e in o.entries]
+        if not entries:
+            return
+        self._c.exec_driver_sql(
+            ADD_ENTRIES,
+            {
+                "transfer_ids": [e.transfer_id for e in entries],
+                "account_ids": [e.account_id for e in entries],
+                "amounts": [e.amount for e in entries],
+                "balances": [e.balance_after for e in entries],
+            },
+        )
+
+    def list_page(self, account_id: str, *, after_id: int | None, limit: int) -> list[EntryRecord]:
+        if after_id is None:
+            rows = self._c.exec_driver_sql(
+                FIRST_ENTRIES, {"account_id": account_id, "limit": limit}
+            )
+        else:
+            rows = self._c.exec_driver_sql(
+                NEXT_ENTRIES, {"account_id": account_id, "after": after_id, "limit": limit}
+            )
+        return [
+            EntryRecord(
+                id=row.id,
+                transfer_id=row.transfer_id,
+                account_id=row.account_id,
+                amount=row.amount,
+                balance_after=int(row.balance_after),
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]

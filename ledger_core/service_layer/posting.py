@@ -1,0 +1,348 @@
+"""Posting: PENDING transfers become entries, balances and a final status.
+
+A posting task is woken, not told what to post: it claims up to `posting_batch_size_max`
+PENDING transfers with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint sets,
+locks their accounts once each in ascending id order (so two postings never deadlock),
+applies the posting rules in acceptance order, and writes entries, balances, statuses and
+the webhook outbox in one transaction with a handful of set-based statements. It loops
+while work remains, within bounds of count and time.
+
+A batch that fails for a reason other than money (a bug, a corrupt row) is split in
+halves until the transfers that fail alone are found; the others post. Those are retried
+later and quarantined after `posting_attempts_max` failures: never retried forever, and
+never holding up their neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from ledger_core.domain import limits
+from ledger_core.domain.model import Outcome, Posted, TransferToPost
+from ledger_core.domain.posting import post_batch
+from ledger_core.domain.records import TransferRecord
+from ledger_core.service_layer.errors import StorageUnavailableError
+from ledger_core.service_layer.ports import (
+    NULL_METRICS,
+    Claim,
+    ClaimedTransfer,
+    EnqueueDeliveries,
+    Metrics,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    WakePosting,
+)
+from ledger_core.service_layer.webhooks import write_events
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Unit = list[ClaimedTransfer]  # a single transfer, or a whole atomic group
+
+
+class PostingBrokenError(Exception):
+    """Every transfer of a batch fails to post, even alone: the fault is the system's
+    (a schema or code defect), not theirs, so none of them is counted towards quarantine."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    claimed: int
+    # The claim stopped at its limit: more may be waiting.
+    full: bool
+    outcomes: list[Outcome]
+    quarantined: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    batches: int
+    transfers: int
+    # Stopped by a bound, not for want of work: whoever called should wake posting again.
+    more_work: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PostingOptions:
+    enqueue_deliveries: EnqueueDeliveries | None = None
+    webhook_requeue_after_seconds: float = 120.0
+    # Times of the webhook outbox; the transaction's own timestamp when None.
+    clock: Clock | None = None
+    metrics: Metrics = NULL_METRICS
+    attempts_max: int = limits.posting_attempts_max
+    retry_delays_seconds: tuple[float, ...] = limits.posting_retry_delays_seconds
+
+
+DEFAULT_OPTIONS = PostingOptions()
+
+
+def drain(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    shard: int = 0,
+    before_claim: Callable[[], None] = lambda: None,
+    batch_size_max: int = limits.posting_batch_size_max,
+    batches_max: int = limits.posting_drain_batches_max,
+    seconds_max: float = limits.posting_drain_seconds_max,
+    options: PostingOptions = DEFAULT_OPTIONS,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> DrainReport:
+    """Post claimed batches until none is full, or a bound is reached.
+
+    `before_claim` runs before every claim: the wake-up flag is cleared there, so that a
+    transfer committed after it wakes posting again rather than waiting for the sweeper.
+    """
+    started = monotonic()
+    transfers = 0
+    for batch in range(1, batches_max + 1):
+        before_claim()
+        report = post_claimed(uow_factory, shard=shard, limit=batch_size_max, options=options)
+        transfers += report.claimed
+        if not report.full:
+            return DrainReport(batch, transfers, more_work=False)
+        if monotonic() - started >= seconds_max:
+            break
+    return DrainReport(batch, transfers, more_work=True)
+
+
+def post_transfers(
+    uow_factory: UnitOfWorkFactory,
+    transfer_ids: Sequence[str],
+    *,
+    clock: Clock | None = None,
+    options: PostingOptions = DEFAULT_OPTIONS,
+) -> list[Outcome]:
+    """Post these transfers if they are still PENDING and nobody else holds them (tools
+    and tests; workers claim instead). Transfers already final are skipped, so posting
+    the same ids twice posts once."""
+    unique_ids = list(dict.fromkeys(transfer_ids))
+    if len(unique_ids) > limits.posting_batch_size_max:
+        raise ValueError(f"batch of {len(unique_ids)} exceeds {limits.posting_batch_size_max}")
+    if clock is not None:
+        options = replace(options, clock=clock)
+    report = post_claimed(
+        uow_factory,
+        shard=0,
+        limit=limits.posting_batch_size_max,
+        only_ids=unique_ids,
+        options=options,
+    )
+    return report.outcomes
+
+
+def post_claimed(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    shard: int,
+    limit: int,
+    only_ids: Sequence[str] | None = None,
+    options: PostingOptions = DEFAULT_OPTIONS,
+) -> BatchReport:
+    """Claim and post one batch; on a failure that is not about money, isolate it."""
+    claimed: list[ClaimedTransfer] = []
+    try:
+        return _post_once(
+            uow_factory,
+            shard=shard,
+            limit=limit,
+            only_ids=only_ids,
+            options=options,
+            claimed_out=claimed,
+        )
+    except StorageUnavailableError:
+        raise  # the database is away: retry the whole batch later, as it was
+    except Exception as error:
+        if not claimed:
+            raise  # failed before it claimed anything: not the transfers' fault
+        log.exception("posting a batch of %d failed; isolating the cause", len(claimed))
+        options.metrics.posting_failed("batch")
+        return _isolate(uow_factory, _units(claimed), error, options)
+
+
+def _post_once(
+    uow_factory: UnitOfWorkFactory,
+    *,
+    shard: int,
+    limit: int,
+    only_ids: Sequence[str] | None,
+    options: PostingOptions,
+    claimed_out: list[ClaimedTransfer],
+) -> BatchReport:
+    started = time.monotonic()
+    with uow_factory() as uow:
+        claim = uow.transfers.claim(shard=shard, limit=limit, only_ids=only_ids)
+        if not claim.transfers:
+            return BatchReport(0, False, [], [])
+        claimed_out += claim.transfers
+        outcomes, final, delivery_ids = _write_batch(uow, claim, options)
+        uow.commit()
+    _after_commit(final, claim.now, delivery_ids, time.monotonic() - started, options)
+    return BatchReport(len(claim.transfers), claim.full, outcomes, [])
+
+
+def _write_batch(
+    uow: UnitOfWork, claim: Claim, options: PostingOptions
+) -> tuple[list[Outcome], list[TransferRecord], list[str]]:
+    movements = [
+        TransferToPost.between(
+            c.record.id,
+            c.record.source_account_id,
+            c.record.destination_account_id,
+            c.record.amount,
+            c.group_id,
+        )
+        for c in claim.transfers
+    ]
+    accounts = uow.accounts.lock({leg.account_id for m in movements for leg in m.legs})
+    result = post_batch(accounts, movements)
+    uow.entries.add_posted(result.outcomes)
+    uow.accounts.set_balances(result.balances)
+    uow.transfers.finalize(result.outcomes, now=claim.now)
+    final = [
+        _final_record(c.record, outcome, claim.now)
+        for c, outcome in zip(claim.transfers, result.outcomes, strict=True)
+    ]
+    outbox_now = options.clock() if options.clock is not None else claim.now
+    delivery_ids = write_events(
+        uow, final, now=outbox_now, requeue_after_seconds=options.webhook_requeue_after_seconds
+    )
+    return result.outcomes, final, delivery_ids
+
+
+def _final_record(record: TransferRecord, outcome: Outcome, now: datetime) -> TransferRecord:
+    if isinstance(outcome, Posted):
+        return replace(record, status="posted", posted_at=now)
+    return replace(record, status="rejected", rejection_reason=outcome.reason.value)
+
+
+def _after_commit(
+    final: list[TransferRecord],
+    now: datetime,
+    delivery_ids: list[str],
+    duration_seconds: float,
+    options: PostingOptions,
+) -> None:
+    counts: dict[str, int] = {}
+    for record in final:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    latencies = [(now - r.created_at).total_seconds() for r in final if r.created_at is not None]
+    options.metrics.posting_batch(len(final), duration_seconds)
+    options.metrics.transfers_finalized(counts, latencies)
+    # One line per batch, not per transfer: a thousand lines would cost more than the
+    # posting. Each transfer id is on it, so the logs still follow a transfer.
+    log.info(
+        "posting batch committed",
+        extra={
+            "transfer_ids": [r.id for r in final],
+            "counts": counts,
+            "duration_ms": round(duration_seconds * 1000, 2),
+        },
+    )
+    if delivery_ids and options.enqueue_deliveries is not None:
+        try:
+            options.enqueue_deliveries(delivery_ids)
+        except Exception:
+            # Committed with their deliveries: the webhook scheduler enqueues them later.
+            log.exception("enqueue of %d webhook deliveries failed", len(delivery_ids))
+
+
+def _units(transfers: Sequence[ClaimedTransfer]) -> list[Unit]:
+    units: list[Unit] = []
+    for claimed in transfers:
+        if claimed.group_id is not None and units and units[-1][0].group_id == claimed.group_id:
+            units[-1].append(claimed)
+        else:
+            units.append([claimed])
+    return units
+
+
+def _isolate(
+    uow_factory: UnitOfWorkFactory, units: list[Unit], error: Exception, options: PostingOptions
+) -> BatchReport:
+    """Post the units in halves, in order, until the ones that fail alone are found; count
+    a failed attempt for each of those, quarantining what reached the limit."""
+    failing: list[tuple[Unit, Exception]] = []
+    outcomes: list[Outcome] = []
+    parts: list[list[Unit]] = [units]
+    if len(units) == 1:
+        failing.append((units[0], error))
+        parts = []
+    # Each split halves a part, so this ends after at most 2 * len(units) transactions.
+    while parts:
+        part = parts.pop()
+        ids = [c.record.id for unit in part for c in unit if c.group_id in (None, c.record.id)]
+        size = sum(len(unit) for unit in part)
+        try:
+            report = _post_once(
+                uow_factory, shard=0, limit=size, only_ids=ids, options=options, claimed_out=[]
+            )
+            outcomes += report.outcomes
+        except StorageUnavailableError:
+            raise
+        except Exception as part_error:
+            if len(part) == 1:
+                failing.append((part[0], part_error))
+            else:
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]  # the older half is posted first
+    claimed = sum(len(unit) for unit in units)
+    if len(units) > 1 and len(failing) == len(units):
+        options.metrics.posting_failed("systematic")
+        raise PostingBrokenError(f"all {len(units)} units of a batch fail alone") from error
+    quarantined: list[str] = []
+    for unit, unit_error in failing:
+        quarantined += _count_failure(uow_factory, unit, unit_error, options)
+    return BatchReport(claimed, False, outcomes, quarantined)
+
+
+def _count_failure(
+    uow_factory: UnitOfWorkFactory, unit: Unit, error: Exception, options: PostingOptions
+) -> list[str]:
+    ids = [c.record.id for c in unit]
+    description = f"{type(error).__name__}: {error}"[: limits.posting_error_length_max]
+    with uow_factory() as uow:
+        quarantined = uow.transfers.record_posting_failure(
+            ids,
+            error=description,
+            attempts_max=options.attempts_max,
+            retry_delays_seconds=options.retry_delays_seconds,
+        )
+        uow.commit()
+    options.metrics.posting_failed("transfer")
+    if quarantined:
+        options.metrics.posting_failed("quarantined")
+        log.error("transfers quarantined after repeated posting failures: %s", quarantined)
+    else:
+        log.warning("posting of %s failed; it will be retried: %s", ids, description)
+    return quarantined
+
+
+def wake_stale(
+    uow_factory: UnitOfWorkFactory,
+    wake: WakePosting,
+    *,
+    age_min_seconds: float,
+    clock: Clock = lambda: datetime.now(UTC),
+) -> dict[int, int]:
+    """The sweeper: wake every shard holding claimable PENDING transfers older than
+    `age_min_seconds` (a wake-up lost to a broker outage, a crashed worker, a retry that
+    came due). It wakes posting rather than naming transfers, so it cannot pile work up,
+    and posting claims oldest first whatever is stuck, so nothing is starved."""
+    older_than = clock() - timedelta(seconds=age_min_seconds)
+    with uow_factory() as uow:
+        stale = uow.transfers.stale_shards(older_than=older_than)
+    for shard in sorted(stale):
+        wake(shard)
+    return stale
+
+
+def release_quarantined(uow_factory: UnitOfWorkFactory, transfer_id: str) -> bool:
+    """Give a quarantined transfer back to posting with a fresh count of attempts."""
+    with uow_factory() as uow:
+        released = uow.transfers.release_quarantined(transfer_id)
+        uow.commit()
+    return released
