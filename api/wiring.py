@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 import structlog
@@ -11,14 +12,16 @@ from sqlalchemy import Engine
 
 from ledger_core.adapters.background import BackgroundThread
 from ledger_core.adapters.database import make_engine
+from ledger_core.adapters.group_commit import GroupCommitter
 from ledger_core.adapters.metrics import background_errors_total
 from ledger_core.adapters.redis_cache import RedisIdempotencyCache, make_redis
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.adapters.wakeups import PostingWakeups
 from ledger_core.adapters.webhook_http import AddressGuard
 from ledger_core.config import Settings, posting_queue
+from ledger_core.service_layer import accept
 from ledger_core.service_layer.access import ApiKeyCache
-from ledger_core.service_layer.ports import EnqueueDeliveries, WakePosting
+from ledger_core.service_layer.ports import EnqueueDeliveries, StorePending, WakePosting
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
     POST_PENDING_TASK,
@@ -37,6 +40,8 @@ class LedgerServices:
     cache: RedisIdempotencyCache
     # Non-blocking: the background thread publishes the wake-up after the response.
     wake: WakePosting
+    # Concurrent requests of this process share the transaction that stores them.
+    store_pending: StorePending
     background: BackgroundThread
     enqueue_deliveries: EnqueueDeliveries
     url_guard: AddressGuard
@@ -77,6 +82,7 @@ def build_services(settings: Settings, broker_url: str | None = None) -> LedgerS
         api_keys=ApiKeyCache(uow_factory),
         cache=RedisIdempotencyCache(redis_client, submit=background.submit),
         wake=background.wake,
+        store_pending=GroupCommitter(partial(accept.store_pending, uow_factory)),
         background=background,
         enqueue_deliveries=enqueue_deliveries,
         url_guard=AddressGuard(development=settings.development),

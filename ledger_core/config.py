@@ -34,10 +34,10 @@ def _float_env(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
-def _schedule_env(name: str) -> tuple[float, ...]:
+def _schedule_env(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     raw = os.environ.get(name)
     if not raw:
-        return tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE_SECONDS)
+        return tuple(float(s) for s in default)
     return tuple(float(part) for part in raw.split(","))
 
 
@@ -63,6 +63,16 @@ class Settings:
     posting_batch_size_max: int = field(
         default_factory=lambda: _int_env("POSTING_BATCH_SIZE_MAX", limits.posting_batch_size_max)
     )
+    # A transfer whose posting fails (not for money) is retried after these delays, then
+    # quarantined after this many failed attempts.
+    posting_attempts_max: int = field(
+        default_factory=lambda: _int_env("POSTING_ATTEMPTS_MAX", limits.posting_attempts_max)
+    )
+    posting_retry_delays_seconds: tuple[float, ...] = field(
+        default_factory=lambda: _schedule_env(
+            "POSTING_RETRY_DELAYS_SECONDS", limits.posting_retry_delays_seconds
+        )
+    )
     # Under `make run`: webhooks may target http:// and loopback, for a local receiver.
     development: bool = field(default_factory=lambda: os.environ.get("LEDGER_DEVELOPMENT") == "1")
     webhook_connect_timeout_seconds: float = field(
@@ -80,7 +90,9 @@ class Settings:
         default_factory=lambda: _float_env("WEBHOOK_LEASE_MARGIN_SECONDS", 30.0)
     )
     webhook_retry_schedule_seconds: tuple[float, ...] = field(
-        default_factory=lambda: _schedule_env("WEBHOOK_RETRY_SCHEDULE_SECONDS")
+        default_factory=lambda: _schedule_env(
+            "WEBHOOK_RETRY_SCHEDULE_SECONDS", DEFAULT_RETRY_SCHEDULE_SECONDS
+        )
     )
     # A queued delivery task not run by then is enqueued again (the first may be lost).
     webhook_requeue_after_seconds: float = field(

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # queue is rarely swept (a sweep of a queued transfer is harmless: posting is idempotent).
 TEST_SWEEPER_PENDING_AGE_MIN_SECONDS = 3
 TEST_WEBHOOK_TIMEOUT_SECONDS = 3
+TEST_POSTING_ATTEMPTS_MAX = 3
 final_wait_timeout_seconds = 90
 
 
@@ -111,6 +112,9 @@ def process_env(
         "REDIS_URL": redis_url,
         "SWEEPER_PENDING_AGE_MIN_SECONDS": str(TEST_SWEEPER_PENDING_AGE_MIN_SECONDS),
         "SWEEPER_INTERVAL_SECONDS": "1",
+        # A transfer that cannot post is quarantined in seconds, not minutes.
+        "POSTING_ATTEMPTS_MAX": str(TEST_POSTING_ATTEMPTS_MAX),
+        "POSTING_RETRY_DELAYS_SECONDS": "0.5",
         # Webhooks: loopback receivers allowed, and a schedule of seconds, not days.
         "LEDGER_DEVELOPMENT": "1",
         "WEBHOOK_RETRY_SCHEDULE_SECONDS": ",".join(["1"] * 20),

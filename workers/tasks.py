@@ -102,17 +102,28 @@ def post_pending(shard: int = 0) -> int:
         process.uow_factory,
         shard=shard,
         before_claim=lambda: process.wakeups.clear(shard),
+        # A backlog: wake one more worker (at most one wake-up is queued per shard).
+        after_full_batch=lambda: _wake_quietly(process.wakeups, shard),
         batch_size_max=settings.posting_batch_size_max,
         options=posting.PostingOptions(
             enqueue_deliveries=_enqueue_deliveries,
             webhook_requeue_after_seconds=settings.webhook_requeue_after_seconds,
             metrics=METRICS,
+            attempts_max=settings.posting_attempts_max,
+            retry_delays_seconds=settings.posting_retry_delays_seconds,
         ),
     )
     if report.more_work:
         # Bounded on purpose: hand over to a fresh task rather than run into time limits.
         process.wakeups.force(shard)
     return report.transfers
+
+
+def _wake_quietly(wakeups: PostingWakeups, shard: int) -> None:
+    try:
+        wakeups.wake(shard)
+    except Exception:
+        log.warning("waking another posting worker failed", shard=shard, exc_info=True)
 
 
 @shared_task(name="ledger.sweep_pending_transfers", acks_late=True)

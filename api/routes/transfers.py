@@ -36,6 +36,7 @@ def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
         request_hash=call.request_hash,
         request=request,
         shards=services.settings.posting_shards,
+        store=services.store_pending,
     )
     if isinstance(result, Response) and not result.replayed:
         transfers_accepted_total.labels(request.kind.value).inc()

@@ -6,11 +6,13 @@ appears on every line logged while it is bound, from our code or a library's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -72,3 +74,33 @@ def configure_logging(process: str, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+
+
+class AccessLog:
+    """One JSON line per HTTP request, written straight to stderr.
+
+    The same shape as every other line (event, level, logger, timestamp, process and the
+    bound context), without the processor chain: at thousands of requests per second the
+    chain cost more than the request. Its fields hold no secrets (method, route, status,
+    duration and ids), and redaction still runs over the bound context. One os.write per
+    line: lines from concurrent threads never interleave.
+    """
+
+    def __init__(self, process: str, logger: str = "api.access") -> None:
+        self._process = process
+        self._logger = logger
+        self.enabled = logging.getLogger(logger).isEnabledFor(logging.INFO)
+
+    def __call__(self, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        line = {
+            **fields,
+            "event": "request",
+            **redact(structlog.contextvars.get_contextvars()),
+            "level": "info",
+            "logger": self._logger,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "process": self._process,
+        }
+        os.write(sys.stderr.fileno(), json.dumps(line, default=str).encode() + b"\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -42,33 +42,81 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
+class LazyConnection:
+    """The unit of work's connection, taken from the pool on first use: a use case that
+    finds all it needs in a process cache (account facts) never touches the pool."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._transaction: Any = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            try:
+                self._connection = self._engine.connect()
+            except Exception as error:
+                if is_transient(error):
+                    raise StorageUnavailableError(str(error)) from error
+                raise
+            self._transaction = self._connection.begin()
+        return self._connection
+
+    def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return self.connection.exec_driver_sql(statement, parameters)
+
+    def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self.connection.execute(statement, parameters)
+
+    def scalar(self, statement: Any, parameters: Any = None) -> Any:
+        return self.connection.scalar(statement, parameters)
+
+    def scalars(self, statement: Any, parameters: Any = None) -> Any:
+        return self.connection.scalars(statement, parameters)
+
+    def commit(self) -> None:
+        if self._transaction is not None:
+            self._transaction.commit()
+
+    def close(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        except Exception:  # noqa: S110 (the connection is gone; closing it below is all that is left)
+            pass
+        finally:
+            self._connection.close()
+            self._connection = None
+
+
 class SqlUnitOfWork:
     """One database transaction. It rolls back unless `commit()` was called: safe by default."""
-
-    connection: Connection
 
     def __init__(self, engine: Engine, facts_cache: AccountFactsCache | None = None) -> None:
         self._engine = engine
         self._facts_cache = facts_cache if facts_cache is not None else AccountFactsCache()
 
+    @property
+    def connection(self) -> Connection:
+        return self._lazy.connection
+
     def __enter__(self) -> SqlUnitOfWork:
-        try:
-            self.connection = self._engine.connect()
-        except Exception as error:
-            if is_transient(error):
-                raise StorageUnavailableError(str(error)) from error
-            raise
-        self._transaction = self.connection.begin()
-        self.accounts = SqlAccountRepository(self.connection, self._facts_cache)
-        self.transfers = SqlTransferRepository(self.connection)
-        self.entries = SqlEntryRepository(self.connection)
-        self.idempotency = SqlIdempotencyRepository(self.connection)
-        self.api_keys = SqlApiKeyRepository(self.connection)
-        self.currencies = SqlCurrencyRepository(self.connection)
-        self.endpoints = EndpointRepository(self.connection)
-        self.events = EventRepository(self.connection)
-        self.deliveries = DeliveryRepository(self.connection)
-        self.books = SqlBooksChecks(self.connection)
+        self._lazy = lazy = LazyConnection(self._engine)
+        # Repositories take the lazy connection (typed as one: it has what they call).
+        c = cast(Connection, lazy)
+        self.accounts = SqlAccountRepository(c, self._facts_cache)
+        self.transfers = SqlTransferRepository(c)
+        self.entries = SqlEntryRepository(c)
+        self.idempotency = SqlIdempotencyRepository(c)
+        self.api_keys = SqlApiKeyRepository(c)
+        self.currencies = SqlCurrencyRepository(c)
+        self.endpoints = EndpointRepository(c)
+        self.events = EventRepository(c)
+        self.deliveries = DeliveryRepository(c)
+        self.books = SqlBooksChecks(c)
         return self
 
     def __exit__(
@@ -77,18 +125,12 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            if self._transaction.is_active:
-                self._transaction.rollback()
-        except Exception:  # noqa: S110 (the connection is gone; closing it below is all that is left)
-            pass
-        finally:
-            self.connection.close()
+        self._lazy.close()
         if exc is not None and is_transient(exc):
             raise StorageUnavailableError(str(exc)) from exc
 
     def commit(self) -> None:
-        self._transaction.commit()
+        self._lazy.commit()
 
     def try_advisory_lock(self, *parts: str) -> bool:
         """Take a transaction-scoped advisory lock on the given key without waiting."""
@@ -97,7 +139,7 @@ class SqlUnitOfWork:
             "big",
             signed=True,
         )
-        return bool(self.connection.exec_driver_sql(TRY_ADVISORY_LOCK, {"key": key}).scalar())
+        return bool(self._lazy.exec_driver_sql(TRY_ADVISORY_LOCK, {"key": key}).scalar())
 
 
 class SqlUnitOfWorkFactory:

@@ -6,7 +6,7 @@ arrays), whatever the batch size: the cost per transfer falls as batches grow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from ledger_core.service_layer.ports import (
     KeyedRecord,
     NewBatch,
     NewTransfer,
+    PendingWrite,
 )
 
 # The sweeper counts at most this many stale transfers per run: it only needs to know
@@ -31,19 +32,28 @@ COLUMNS = """
     t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
     t.amount, t.currency, t.description, t.metadata, t.batch_id, t.created_at, t.posted_at
 """
+# Ordered by key: two transactions that store overlapping keys take their locks on the
+# unique index in one order, so they wait for each other instead of deadlocking.
 ADD_PENDING = """
     INSERT INTO transfers (id, kind, source_account_id, destination_account_id, amount,
                            currency, description, metadata, api_key_id, idempotency_key,
                            request_hash, shard)
-    VALUES (%(id)s, %(kind)s, %(source)s, %(destination)s, %(amount)s, %(currency)s,
-            %(description)s, %(metadata)s, %(api_key_id)s, %(key)s, %(request_hash)s,
-            %(shard)s)
+    SELECT id, kind, source, destination, amount, currency, description, metadata,
+           api_key_id, key, request_hash, shard
+    FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(sources)s::text[],
+                %(destinations)s::text[], %(amounts)s::bigint[], %(currencies)s::text[],
+                %(descriptions)s::text[], %(metadata)s::jsonb[], %(api_key_ids)s::text[],
+                %(keys)s::text[], %(hashes)s::text[], %(shards)s::smallint[])
+         AS u(id, kind, source, destination, amount, currency, description, metadata,
+              api_key_id, key, request_hash, shard)
+    ORDER BY api_key_id, key
     ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING created_at
+    RETURNING id, created_at
 """
-BY_KEY = f"""
-    SELECT {COLUMNS}, t.request_hash FROM transfers t
-    WHERE t.api_key_id = %(api_key_id)s AND t.idempotency_key = %(key)s
+BY_KEYS = f"""
+    SELECT {COLUMNS}, t.request_hash, t.api_key_id, t.idempotency_key FROM transfers t
+    JOIN unnest(%(api_key_ids)s::text[], %(keys)s::text[]) AS k(api_key_id, key)
+      ON t.api_key_id = k.api_key_id AND t.idempotency_key = k.key
 """
 GET = f"SELECT {COLUMNS} FROM transfers t WHERE t.id = %(id)s"
 
@@ -113,7 +123,9 @@ FINALIZE = """
     UPDATE transfers AS t
     SET status = v.status, rejection_reason = v.reason,
         posted_at = CASE WHEN v.status = 'posted' THEN %(now)s::timestamptz END,
-        finalized_at = %(now)s, posting_retry_at = NULL
+        -- The clock, not the transaction's start: accepted-to-final latency includes
+        -- the posting itself.
+        finalized_at = clock_timestamp(), posting_retry_at = NULL
     FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(reasons)s::text[])
          AS v(id, status, reason)
     WHERE t.id = v.id AND t.status = 'pending'
@@ -203,27 +215,29 @@ class SqlTransferRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 
-    def add_pending(
-        self, transfer: NewTransfer, *, api_key_id: str, idempotency_key: str, request_hash: str
-    ) -> TransferRecord | None:
-        created_at = self._c.exec_driver_sql(
+    def add_pending(self, writes: Sequence[PendingWrite]) -> dict[str, TransferRecord]:
+        if not writes:
+            return {}
+        transfers = [w.transfer for w in writes]
+        rows = self._c.exec_driver_sql(
             ADD_PENDING,
             {
-                "id": transfer.id,
-                "kind": transfer.kind,
-                "source": transfer.source_account_id,
-                "destination": transfer.destination_account_id,
-                "amount": transfer.amount,
-                "currency": transfer.currency,
-                "description": transfer.description,
-                "metadata": Jsonb(transfer.metadata),
-                "api_key_id": api_key_id,
-                "key": idempotency_key,
-                "request_hash": request_hash,
-                "shard": transfer.shard,
+                "ids": [t.id for t in transfers],
+                "kinds": [t.kind for t in transfers],
+                "sources": [t.source_account_id for t in transfers],
+                "destinations": [t.destination_account_id for t in transfers],
+                "amounts": [t.amount for t in transfers],
+                "currencies": [t.currency for t in transfers],
+                "descriptions": [t.description for t in transfers],
+                "metadata": [Jsonb(t.metadata) for t in transfers],
+                "api_key_ids": [w.api_key_id for w in writes],
+                "keys": [w.idempotency_key for w in writes],
+                "hashes": [w.request_hash for w in writes],
+                "shards": [t.shard for t in transfers],
             },
-        ).scalar()
-        return None if created_at is None else _accepted(transfer, created_at, None)
+        )
+        created_at = {row.id: row.created_at for row in rows}
+        return {t.id: _accepted(t, created_at[t.id], None) for t in transfers if t.id in created_at}
 
     def add_batch(self, batch: NewBatch) -> BatchRecord | None:
         created_at = self._c.exec_driver_sql(
@@ -262,9 +276,21 @@ class SqlTransferRepository:
             batch.id, batch.atomic, created_at, [_accepted(i, created_at, batch.id) for i in items]
         )
 
-    def by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None:
-        row = self._c.exec_driver_sql(BY_KEY, {"api_key_id": api_key_id, "key": key}).first()
-        return None if row is None else KeyedRecord(row.request_hash, transfer_record(row))
+    def by_idempotency_keys(
+        self, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], KeyedRecord]:
+        if not keys:
+            return {}
+        rows = self._c.exec_driver_sql(
+            BY_KEYS,
+            {"api_key_ids": [k[0] for k in keys], "keys": [k[1] for k in keys]},
+        )
+        return {
+            (row.api_key_id, row.idempotency_key): KeyedRecord(
+                row.request_hash, transfer_record(row)
+            )
+            for row in rows
+        }
 
     def batch_by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None:
         row = self._c.exec_driver_sql(BATCH_BY_KEY, {"api_key_id": api_key_id, "key": key}).first()

@@ -19,13 +19,15 @@ from ledger_core.domain.ids import BATCH_PREFIX, TRANSFER_PREFIX, new_id
 from ledger_core.domain.model import AcceptError, AccountFacts, TransferKind
 from ledger_core.domain.records import BatchRecord, TransferRecord
 from ledger_core.domain.rules import check_transfer, posting_shard
-from ledger_core.service_layer.errors import Failure, Response
+from ledger_core.service_layer.errors import Failure, Response, StorageUnavailableError
 from ledger_core.service_layer.idempotency import KEY_REUSED, replay
 from ledger_core.service_layer.ports import (
     IdempotencyCache,
     KeyedRecord,
     NewBatch,
     NewTransfer,
+    PendingWrite,
+    StorePending,
     UnitOfWork,
     UnitOfWorkFactory,
     WakePosting,
@@ -141,6 +143,48 @@ def _wake(wake: WakePosting, shards: Collection[int]) -> None:
             log.exception("waking the posting workers failed; the sweeper will")
 
 
+def store_pending(
+    uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]
+) -> list[TransferRecord | KeyedRecord]:
+    """Store PENDING transfers in one transaction, each unless its key already created one;
+    for each write, the transfer stored now or what its key created before.
+
+    The API calls this with the writes of concurrent requests, so that they share one
+    commit. Should the group fail for a reason that is not the database being away (a
+    constraint one write breaks), each write is tried alone, so that one bad write does
+    not refuse the others.
+    """
+    try:
+        return _store_together(uow_factory, writes)
+    except StorageUnavailableError:
+        raise
+    except Exception:
+        if len(writes) == 1:
+            raise
+        log.exception("storing %d transfers together failed; storing each alone", len(writes))
+        return [_store_together(uow_factory, [write])[0] for write in writes]
+
+
+def _store_together(
+    uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]
+) -> list[TransferRecord | KeyedRecord]:
+    with uow_factory() as uow:
+        stored = uow.transfers.add_pending(writes)
+        missing = [(w.api_key_id, w.idempotency_key) for w in writes if w.transfer.id not in stored]
+        existing = uow.transfers.by_idempotency_keys(missing) if missing else {}
+        uow.commit()
+    results: list[TransferRecord | KeyedRecord] = []
+    for write in writes:
+        created = stored.get(write.transfer.id)
+        if created is None:
+            created_before = existing.get((write.api_key_id, write.idempotency_key))
+            assert created_before is not None, "the key that conflicted has its transfer"
+            results.append(created_before)
+        else:
+            results.append(created)
+    return results
+
+
 def accept_transfer(
     uow_factory: UnitOfWorkFactory,
     cache: IdempotencyCache,
@@ -151,31 +195,29 @@ def accept_transfer(
     request_hash: str,
     request: MovementRequest,
     shards: int = 1,
+    store: StorePending | None = None,
 ) -> Response | Failure:
-    """Store one PENDING transfer under its Idempotency-Key, then wake its posting shard."""
+    """Store one PENDING transfer under its Idempotency-Key, then wake its posting shard.
+
+    The accounts' facts come from a per-process cache (they never change), so a request
+    usually costs its one INSERT, in a transaction that `store` may share with others.
+    """
     cached = cache.get(api_key_id, idempotency_key)
     if cached is not None:
         return replay(cached, request_hash)
     with uow_factory() as uow:
         planned = _plan(request, _facts(uow, [request]), shards=shards)
-        if isinstance(planned, AcceptError):
-            return Failure(planned.value, ACCEPT_ERROR_DETAILS[planned])
-        record: TransferRecord | None = uow.transfers.add_pending(
-            planned,
-            api_key_id=api_key_id,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
-        if record is None:
-            keyed = uow.transfers.by_idempotency_key(api_key_id, idempotency_key)
-            assert keyed is not None, "the key that conflicted has its transfer"
-            replayed = _replay_keyed(keyed, request_hash)
-            if isinstance(replayed, Response):
-                # The key lives as long as its transfer: a refilled copy may too (24 h).
-                _cache(cache, api_key_id, idempotency_key, request_hash, replayed)
-            return replayed
-        uow.commit()
-    response = Response(202, record.to_json())
+    if isinstance(planned, AcceptError):
+        return Failure(planned.value, ACCEPT_ERROR_DETAILS[planned])
+    write = PendingWrite(planned, api_key_id, idempotency_key, request_hash)
+    stored = store_pending(uow_factory, [write])[0] if store is None else store(write)
+    if isinstance(stored, KeyedRecord):
+        replayed = _replay_keyed(stored, request_hash)
+        if isinstance(replayed, Response):
+            # The key lives as long as its transfer: a refilled copy may too (24 h).
+            _cache(cache, api_key_id, idempotency_key, request_hash, replayed)
+        return replayed
+    response = Response(202, stored.to_json())
     _cache(cache, api_key_id, idempotency_key, request_hash, response)
     _wake(wake, [planned.shard])
     return response

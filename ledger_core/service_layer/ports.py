@@ -47,6 +47,16 @@ class NewTransfer:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A transfer to store under an Idempotency-Key, unless the key already holds one."""
+
+    transfer: NewTransfer
+    api_key_id: str
+    idempotency_key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewBatch:
     id: str
     api_key_id: str
@@ -145,18 +155,21 @@ class AccountRepository(Protocol):
 
 
 class TransferRepository(Protocol):
-    def add_pending(
-        self, transfer: NewTransfer, *, api_key_id: str, idempotency_key: str, request_hash: str
-    ) -> TransferRecord | None:
-        """Store a PENDING transfer, or return None if this key already created one (a
-        unique constraint decides, also between concurrent requests)."""
+    def add_pending(self, writes: Sequence[PendingWrite]) -> dict[str, TransferRecord]:
+        """Store PENDING transfers, each unless its key already created one (a unique
+        constraint decides, also between concurrent requests); return the stored ones by
+        transfer id."""
         ...
 
     def add_batch(self, batch: NewBatch) -> BatchRecord | None:
         """Store a batch and its PENDING transfers, or None if its key already made one."""
         ...
 
-    def by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None: ...
+    def by_idempotency_keys(
+        self, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], KeyedRecord]:
+        """What each (API key id, Idempotency-Key) created, for the keys that exist."""
+        ...
 
     def batch_by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None: ...
 
@@ -373,6 +386,10 @@ class IdempotencyCache(Protocol):
         self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float
     ) -> None: ...
 
+
+# Stores one PENDING transfer, or finds what its key created before. The API groups the
+# writes of concurrent requests into one transaction; elsewhere each is its own.
+StorePending = Callable[[PendingWrite], "TransferRecord | KeyedRecord"]
 
 # Tells the posting workers of a shard that PENDING transfers were committed. Called only
 # after the commit; must not block the caller (the sweeper covers a wake-up that is lost).

@@ -85,6 +85,7 @@ def drain(
     *,
     shard: int = 0,
     before_claim: Callable[[], None] = lambda: None,
+    after_full_batch: Callable[[], None] = lambda: None,
     batch_size_max: int = limits.posting_batch_size_max,
     batches_max: int = limits.posting_drain_batches_max,
     seconds_max: float = limits.posting_drain_seconds_max,
@@ -95,6 +96,8 @@ def drain(
 
     `before_claim` runs before every claim: the wake-up flag is cleared there, so that a
     transfer committed after it wakes posting again rather than waiting for the sweeper.
+    `after_full_batch` runs after a batch that filled its claim: a backlog is waiting, so
+    the caller wakes another worker to drain it alongside this one.
     """
     started = monotonic()
     transfers = 0
@@ -104,6 +107,7 @@ def drain(
         transfers += report.claimed
         if not report.full:
             return DrainReport(batch, transfers, more_work=False)
+        after_full_batch()
         if monotonic() - started >= seconds_max:
             break
     return DrainReport(batch, transfers, more_work=True)
@@ -180,7 +184,7 @@ def _post_once(
         claimed_out += claim.transfers
         outcomes, final, delivery_ids = _write_batch(uow, claim, options)
         uow.commit()
-    _after_commit(final, claim.now, delivery_ids, time.monotonic() - started, options)
+    _after_commit(final, delivery_ids, time.monotonic() - started, options)
     return BatchReport(len(claim.transfers), claim.full, outcomes, [])
 
 
@@ -221,7 +225,6 @@ def _final_record(record: TransferRecord, outcome: Outcome, now: datetime) -> Tr
 
 def _after_commit(
     final: list[TransferRecord],
-    now: datetime,
     delivery_ids: list[str],
     duration_seconds: float,
     options: PostingOptions,
@@ -229,7 +232,11 @@ def _after_commit(
     counts: dict[str, int] = {}
     for record in final:
         counts[record.status] = counts.get(record.status, 0) + 1
-    latencies = [(now - r.created_at).total_seconds() for r in final if r.created_at is not None]
+    # Accepted to committed, by this process's clock.
+    committed_at = datetime.now(UTC)
+    latencies = [
+        (committed_at - r.created_at).total_seconds() for r in final if r.created_at is not None
+    ]
     options.metrics.posting_batch(len(final), duration_seconds)
     options.metrics.transfers_finalized(counts, latencies)
     # One line per batch, not per transfer: a thousand lines would cost more than the

@@ -10,11 +10,19 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 
+from ledger_core.domain import limits
 from ledger_core.service_layer.access import Scope, create_api_key
 
 # What a request can write. Entries are left out: they come only from the worker posting
 # transfers (whose count is here), and a worker may be posting earlier ones meanwhile.
-TABLES = ("accounts", "transfers", "idempotency_keys", "custom_currencies", "webhook_endpoints")
+TABLES = (
+    "accounts",
+    "transfers",
+    "transfer_batches",
+    "idempotency_keys",
+    "custom_currencies",
+    "webhook_endpoints",
+)
 
 
 @pytest.fixture
@@ -236,3 +244,74 @@ def test_authentication_and_scopes(app: Any, uow_factory: Any, snapshot: Any) ->
     assert snapshot() == before
     assert anonymous.get("/health").status_code == 200
     assert anonymous.get("/ready").status_code == 200
+
+
+def _items(source: str, destination: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": "transfer",
+            "source_account_id": source,
+            "destination_account_id": destination,
+            "amount": 1,
+        }
+        for _ in range(count)
+    ]
+
+
+def test_batch_of_too_many_items_is_413_and_stores_nothing(
+    web: FlaskClient, usd: list[str], snapshot: Any
+) -> None:
+    before = snapshot()
+    response = web.post(
+        "/v1/transfers/batch",
+        json={"items": _items(usd[0], usd[1], limits.batch_items_max + 1)},
+        headers=key("batch-big"),
+    )
+    assert_problem(response, 413, "too_many_items")
+    assert str(limits.batch_items_max) in response.json["detail"]
+    assert_problem(
+        web.post("/v1/transfers/batch", json={"items": []}, headers=key("batch-empty")),
+        422,
+        "validation_error",
+    )
+    assert snapshot() == before
+
+
+def test_an_invalid_item_refuses_the_whole_batch_with_its_index(
+    web: FlaskClient, usd: list[str], snapshot: Any
+) -> None:
+    before = snapshot()
+    items = _items(usd[0], usd[1], 5)
+    items[3]["amount"] = 0
+    response = web.post("/v1/transfers/batch", json={"items": items}, headers=key("batch-3"))
+    assert_problem(response, 422, "invalid_amount")
+    assert response.json["item_index"] == 3
+    assert response.json["errors"][0]["field"].startswith("items.3.")
+
+    items = _items(usd[0], usd[1], 5)
+    items[2]["kind"] = "refund"
+    response = web.post("/v1/transfers/batch", json={"items": items}, headers=key("batch-kind"))
+    assert_problem(response, 422, "validation_error")
+    assert response.json["item_index"] == 2
+
+    # Rules that need the database: an unknown account, then mixed currencies.
+    items = _items(usd[0], usd[1], 5)
+    items[4]["destination_account_id"] = "acc_missing"
+    response = web.post("/v1/transfers/batch", json={"items": items}, headers=key("batch-404"))
+    assert_problem(response, 404, "account_not_found")
+    assert response.json["item_index"] == 4
+    assert snapshot() == before
+    eur = web.post("/v1/accounts", json={"currency": "EUR"}).json["id"]
+    before = snapshot()
+    items = _items(usd[0], usd[1], 3) + [{"kind": "deposit", "account_id": eur, "amount": 2}]
+    items[1]["destination_account_id"] = eur
+    response = web.post("/v1/transfers/batch", json={"items": items}, headers=key("batch-fx"))
+    assert_problem(response, 422, "currency_mismatch")
+    assert response.json["item_index"] == 1
+    assert snapshot() == before
+    # Nothing was stored under the key either: the same key may be used once it is fixed.
+    fixed = web.post(
+        "/v1/transfers/batch", json={"items": _items(usd[0], usd[1], 2)}, headers=key("batch-fx")
+    )
+    assert fixed.status_code == 202, fixed.json
+    assert fixed.headers["Location"] == f"/v1/transfers/batch/{fixed.json['id']}"

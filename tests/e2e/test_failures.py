@@ -47,37 +47,42 @@ def wait_for_worker_blocked_on_lock(engine: Engine) -> None:
     raise AssertionError("the worker never reached the account lock")
 
 
-def test_worker_killed_while_holding_a_posting_task_still_posts_once(
+def test_worker_killed_mid_batch_still_posts_every_transfer_once(
     client: httpx.Client, engine: Engine, transfer_worker: ManagedWorker
 ) -> None:
     source, destination = open_account(client), open_account(client)
     wait_final(engine, [deposit(client, source["id"], 1_000)["id"]])
     children_before = {child.pid for child in transfer_worker.children()}
     assert children_before
+    move = {
+        "kind": "transfer",
+        "source_account_id": source["id"],
+        "destination_account_id": destination["id"],
+        "amount": 3,
+    }
 
     with engine.connect() as blocker:
-        # The worker will take the task, lock the transfer, and wait here for the account.
+        # The worker will claim the batch, lock its transfers, and wait here for the account.
         blocker.execute(
             text("SELECT 1 FROM accounts WHERE id = :id FOR NO KEY UPDATE"), {"id": source["id"]}
         )
-        accepted = post_money(
-            client,
-            "/v1/transfers",
-            {
-                "source_account_id": source["id"],
-                "destination_account_id": destination["id"],
-                "amount": 600,
-            },
-        ).json()
+        accepted = post_money(client, "/v1/transfers/batch", {"items": [move] * 300}).json()
         wait_for_worker_blocked_on_lock(engine)
         for pid in children_before:
             os.kill(pid, signal.SIGKILL)
         blocker.rollback()
 
-    statuses = wait_final(engine, [accepted["id"]])
-    assert statuses == {accepted["id"]: "posted"}
-    assert entries_of(engine, accepted["id"]) == [-600, 600]
-    assert client.get(f"/v1/accounts/{source['id']}").json()["balance"]["posted"] == 400
+    ids = [item["id"] for item in accepted["items"]]
+    statuses = wait_final(engine, ids)
+    assert set(statuses.values()) == {"posted"}
+    for transfer_id in ids[:: len(ids) // 10]:
+        assert entries_of(engine, transfer_id) == [-3, 3]
+    with engine.connect() as connection:
+        count = connection.scalar(
+            text("SELECT count(*) FROM entries WHERE transfer_id = ANY(:ids)"), {"ids": ids}
+        )
+    assert count == 2 * len(ids)
+    assert client.get(f"/v1/accounts/{source['id']}").json()["balance"]["posted"] == 100
     # The pool replaced what we killed; the task was redelivered, not lost.
     assert not children_before & {child.pid for child in transfer_worker.children()}
     assert "WorkerLostError" in transfer_worker.log_text()
