@@ -48,7 +48,8 @@ class _Slot(Generic[Item, Result]):
 
 class GroupCommitter(Generic[Item, Result]):
     """Calls `commit(items) -> results` (one result per item, in order) on groups of the
-    items that threads submit concurrently; each caller gets its own result."""
+    items that threads submit concurrently; each caller gets its own result, or raises
+    when its result is an exception."""
 
     def __init__(
         self,
@@ -79,6 +80,9 @@ class GroupCommitter(Generic[Item, Result]):
             raise StorageUnavailableError(str(slot.error)) from slot.error
         if slot.error is not None:
             raise GroupCommitError("storing the transfer failed") from slot.error
+        if isinstance(slot.result, BaseException):
+            # The group failed and this item failed alone too: its own error.
+            raise GroupCommitError("storing the transfer failed") from slot.result
         return cast(Result, slot.result)  # set whenever error is None
 
     def _start(self) -> None:

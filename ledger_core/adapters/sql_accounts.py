@@ -27,7 +27,7 @@ ENSURE_SYSTEM = """
     ON CONFLICT (currency) WHERE is_system DO NOTHING
 """
 FACTS = """
-    SELECT id, currency, allow_overdraft, is_system FROM accounts WHERE id = ANY(%(ids)s)
+    SELECT id, currency, allow_overdraft, is_system FROM accounts WHERE id = ANY(%(ids)b::text[])
 """
 SYSTEM_FACTS = """
     SELECT id, currency, allow_overdraft, is_system FROM accounts
@@ -38,11 +38,11 @@ SYSTEM_FACTS = """
 # foreign keys take FOR KEY SHARE, which FOR UPDATE would block).
 LOCK = """
     SELECT id, currency, balance, allow_overdraft, is_system FROM accounts
-    WHERE id = ANY(%(ids)s) ORDER BY id FOR NO KEY UPDATE
+    WHERE id = ANY(%(ids)b::text[]) ORDER BY id FOR NO KEY UPDATE
 """
 SET_BALANCES = """
     UPDATE accounts AS a SET balance = v.balance
-    FROM unnest(%(ids)s::text[], %(balances)s::numeric[]) AS v(id, balance)
+    FROM unnest(%(ids)b::text[], %(balances)b::numeric[]) AS v(id, balance)
     WHERE a.id = v.id
 """
 RECORD_COLUMNS = """

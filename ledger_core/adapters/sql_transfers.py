@@ -21,6 +21,7 @@ from ledger_core.service_layer.ports import (
     KeyedRecord,
     NewBatch,
     NewTransfer,
+    Outbox,
     PendingWrite,
 )
 
@@ -40,10 +41,10 @@ ADD_PENDING = """
                            request_hash, shard)
     SELECT id, kind, source, destination, amount, currency, description, metadata,
            api_key_id, key, request_hash, shard
-    FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(sources)s::text[],
-                %(destinations)s::text[], %(amounts)s::bigint[], %(currencies)s::text[],
-                %(descriptions)s::text[], %(metadata)s::jsonb[], %(api_key_ids)s::text[],
-                %(keys)s::text[], %(hashes)s::text[], %(shards)s::smallint[])
+    FROM unnest(%(ids)b::text[], %(kinds)b::text[], %(sources)b::text[],
+                %(destinations)b::text[], %(amounts)b::bigint[], %(currencies)b::text[],
+                %(descriptions)b::text[], %(metadata)b::jsonb[], %(api_key_ids)b::text[],
+                %(keys)b::text[], %(hashes)b::text[], %(shards)b::smallint[])
          AS u(id, kind, source, destination, amount, currency, description, metadata,
               api_key_id, key, request_hash, shard)
     ORDER BY api_key_id, key
@@ -52,7 +53,7 @@ ADD_PENDING = """
 """
 BY_KEYS = f"""
     SELECT {COLUMNS}, t.request_hash, t.api_key_id, t.idempotency_key FROM transfers t
-    JOIN unnest(%(api_key_ids)s::text[], %(keys)s::text[]) AS k(api_key_id, key)
+    JOIN unnest(%(api_key_ids)b::text[], %(keys)b::text[]) AS k(api_key_id, key)
       ON t.api_key_id = k.api_key_id AND t.idempotency_key = k.key
 """
 GET = f"SELECT {COLUMNS} FROM transfers t WHERE t.id = %(id)s"
@@ -71,10 +72,10 @@ ADD_BATCH_ITEMS = """
                            shard)
     SELECT id, kind, source, destination, amount, currency, description, metadata,
            %(api_key_id)s, %(batch_id)s, group_id, shard
-    FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(sources)s::text[],
-                %(destinations)s::text[], %(amounts)s::bigint[], %(currencies)s::text[],
-                %(descriptions)s::text[], %(metadata)s::jsonb[], %(group_ids)s::text[],
-                %(shards)s::smallint[])
+    FROM unnest(%(ids)b::text[], %(kinds)b::text[], %(sources)b::text[],
+                %(destinations)b::text[], %(amounts)b::bigint[], %(currencies)b::text[],
+                %(descriptions)b::text[], %(metadata)b::jsonb[], %(group_ids)b::text[],
+                %(shards)b::smallint[])
          WITH ORDINALITY AS u(id, kind, source, destination, amount, currency, description,
                               metadata, group_id, shard, position)
     ORDER BY position
@@ -86,8 +87,8 @@ BATCH_BY_KEY = """
 BATCH_BY_ID = "SELECT id, atomic, created_at FROM transfer_batches WHERE id = %(id)s"
 BATCH_ITEMS = f"SELECT {COLUMNS} FROM transfers t WHERE t.batch_id = %(id)s ORDER BY t.seq"
 
-CLAIM_COLUMNS = f"""
-    {COLUMNS}, t.group_id,
+CLAIM_COLUMNS = """
+    t.id, t.source_account_id, t.destination_account_id, t.amount, t.created_at, t.group_id,
     CASE WHEN t.group_id IS NULL THEN 1
          ELSE (SELECT b.item_count FROM transfer_batches b WHERE b.id = t.batch_id) END
         AS unit_size,
@@ -107,28 +108,88 @@ CLAIM = f"""
 CLAIM_IDS = f"""
     SELECT {CLAIM_COLUMNS} FROM transfers t
     WHERE t.status = 'pending' AND (t.group_id IS NULL OR t.group_id = t.id)
-      AND t.id = ANY(%(ids)s)
+      AND t.id = ANY(%(ids)b::text[])
     ORDER BY t.seq
     LIMIT %(limit)s
     FOR NO KEY UPDATE OF t SKIP LOCKED
 """
 # Only the holder of a group's head ever locks its members, so this never waits long.
-CLAIM_MEMBERS = f"""
-    SELECT {COLUMNS}, t.group_id FROM transfers t
-    WHERE t.group_id = ANY(%(heads)s) AND t.id <> t.group_id AND t.status = 'pending'
+CLAIM_MEMBERS = """
+    SELECT t.id, t.source_account_id, t.destination_account_id, t.amount, t.created_at,
+           t.group_id
+    FROM transfers t
+    WHERE t.group_id = ANY(%(heads)b::text[]) AND t.id <> t.group_id AND t.status = 'pending'
     ORDER BY t.seq
     FOR NO KEY UPDATE OF t
 """
-FINALIZE = """
-    UPDATE transfers AS t
-    SET status = v.status, rejection_reason = v.reason,
-        posted_at = CASE WHEN v.status = 'posted' THEN %(now)s::timestamptz END,
-        -- The clock, not the transaction's start: accepted-to-final latency includes
-        -- the posting itself.
-        finalized_at = clock_timestamp(), posting_retry_at = NULL
-    FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(reasons)s::text[])
-         AS v(id, status, reason)
-    WHERE t.id = v.id AND t.status = 'pending'
+# Text and numbers of a batch travel as one comma-separated string each (split by
+# string_to_array on the server), not as arrays of a thousand parameters: the ids and
+# amounts hold no comma, and a join costs far less than dumping array elements one by one.
+#
+# One statement writes the final statuses and the webhook outbox: an event per transfer,
+# its payload built from the final row (the reference is domain.webhooks.event_payload),
+# and a delivery per enabled endpoint that matches it (domain.webhooks.endpoint_matches).
+ISO_UTC = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# Ids as domain.ids.new_id makes them: prefix, milliseconds in 12 hex digits, 64 random bits.
+NEW_ID = (
+    "{} || '_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
+    " || left(replace(gen_random_uuid()::text, '-', ''), 16)"
+)
+FINALIZE = f"""
+    WITH final AS (
+        UPDATE transfers AS t
+        SET status = v.status, rejection_reason = nullif(v.reason, ''),
+            posted_at = CASE WHEN v.status = 'posted' THEN %(now)s::timestamptz END,
+            -- The clock, not the transaction's start: accepted-to-final latency includes
+            -- the posting itself.
+            finalized_at = clock_timestamp(), posting_retry_at = NULL
+        FROM unnest(string_to_array(%(ids)s, ','), string_to_array(%(statuses)s, ','),
+                    string_to_array(%(reasons)s, ',')) AS v(id, status, reason)
+        WHERE t.id = v.id AND t.status = 'pending'
+        RETURNING t.*
+    ), new_events AS MATERIALIZED (
+        -- Materialized: each row draws its id once (a volatile function in a lateral or a
+        -- flattened subquery may be drawn once for all rows, or once per reference).
+        SELECT {NEW_ID.format("'evt'")} AS event_id, 'transfer.' || f.status AS type,
+               f.id AS transfer_id, f.kind, f.status, f.rejection_reason,
+               f.source_account_id, f.destination_account_id, f.amount, f.currency,
+               f.description, f.metadata, f.batch_id, f.created_at, f.posted_at
+        FROM final f
+    ), written AS (
+        INSERT INTO events (id, type, transfer_id, payload, created_at)
+        SELECT e.event_id, e.type, e.transfer_id,
+               json_build_object(
+                   'id', e.event_id, 'type', e.type,
+                   'timestamp', {ISO_UTC.format("%(outbox_time)s::timestamptz")},
+                   'data', json_build_object(
+                       'id', e.transfer_id, 'object', 'transfer', 'kind', e.kind,
+                       'status', e.status, 'rejection_reason', e.rejection_reason,
+                       'source_account_id', e.source_account_id,
+                       'destination_account_id', e.destination_account_id,
+                       'amount', e.amount, 'currency', e.currency,
+                       'description', e.description, 'metadata', e.metadata,
+                       'batch_id', e.batch_id,
+                       'created_at', {ISO_UTC.format("e.created_at")},
+                       'posted_at', {ISO_UTC.format("e.posted_at")}))::text,
+               %(outbox_time)s
+        FROM new_events e
+        RETURNING id, type, transfer_id
+    ), deliveries AS (
+        INSERT INTO webhook_deliveries (id, event_id, endpoint_id, next_attempt_at,
+                                        enqueued_until, created_at)
+        SELECT {NEW_ID.format("'wd'")}, w.id, ep.id, %(outbox_time)s,
+               %(outbox_time)s::timestamptz + make_interval(secs => %(requeue_seconds)s),
+               %(outbox_time)s
+        FROM written w
+        JOIN final f ON f.id = w.transfer_id
+        JOIN webhook_endpoints ep
+          ON ep.status = 'enabled' AND ep.deleted_at IS NULL AND ep.events ? w.type
+         -- "every account" is stored as a JSON null (the JSONB column type's None)
+         AND (ep.account_ids IS NULL OR jsonb_typeof(ep.account_ids) = 'null'
+              OR ep.account_ids ?| ARRAY[f.source_account_id, f.destination_account_id])
+        RETURNING id
+    )
+    SELECT id FROM deliveries
 """
 RECORD_FAILURE = """
     UPDATE transfers
@@ -136,9 +197,9 @@ RECORD_FAILURE = """
         posting_error = %(error)s,
         status = CASE WHEN posting_attempts + 1 >= %(attempts_max)s THEN 'quarantined'
                       ELSE status END,
-        posting_retry_at = now() + make_interval(secs => (%(delays)s::float8[])[
-            least(posting_attempts + 1, cardinality(%(delays)s::float8[]))])
-    WHERE id = ANY(%(ids)s) AND status = 'pending'
+        posting_retry_at = now() + make_interval(secs => (%(delays)b::float8[])[
+            least(posting_attempts + 1, cardinality(%(delays)b::float8[]))])
+    WHERE id = ANY(%(ids)b::text[]) AND status = 'pending'
     RETURNING id, status
 """
 STALE_SHARDS = """
@@ -150,17 +211,22 @@ STALE_SHARDS = """
         LIMIT %(rows_max)s
     ) s GROUP BY shard
 """
+# A transfer of an atomic batch goes back with its whole group, or the group would post
+# in part (a head alone) or never (a member alone: only heads are claimed).
 RELEASE = """
     UPDATE transfers SET status = 'pending', posting_attempts = 0, posting_retry_at = NULL
-    WHERE id = %(id)s AND status = 'quarantined'
+    WHERE status = 'quarantined'
+      AND (id = %(id)s
+           OR group_id = (SELECT group_id FROM transfers WHERE id = %(id)s
+                          AND group_id IS NOT NULL))
     RETURNING id
 """
 
 ADD_ENTRIES = """
     INSERT INTO entries (transfer_id, account_id, amount, balance_after)
-    SELECT transfer_id, account_id, amount, balance_after
-    FROM unnest(%(transfer_ids)s::text[], %(account_ids)s::text[], %(amounts)s::bigint[],
-                %(balances)s::numeric[])
+    SELECT transfer_id, account_id, amount::bigint, balance_after::numeric
+    FROM unnest(string_to_array(%(transfer_ids)s, ','), string_to_array(%(account_ids)s, ','),
+                string_to_array(%(amounts)s, ','), string_to_array(%(balances)s, ','))
          WITH ORDINALITY AS u(transfer_id, account_id, amount, balance_after, position)
     ORDER BY position
 """
@@ -190,6 +256,17 @@ def transfer_record(row: Any) -> TransferRecord:
         created_at=row.created_at,
         posted_at=row.posted_at,
         batch_id=row.batch_id,
+    )
+
+
+def _claimed(row: Any) -> ClaimedTransfer:
+    return ClaimedTransfer(
+        row.id,
+        row.source_account_id,
+        row.destination_account_id,
+        row.amount,
+        row.group_id,
+        row.created_at,
     )
 
 
@@ -331,12 +408,10 @@ class SqlTransferRepository:
         members: dict[str, list[ClaimedTransfer]] = {}
         if heads:
             for member in self._c.exec_driver_sql(CLAIM_MEMBERS, {"heads": heads}):
-                members.setdefault(member.group_id, []).append(
-                    ClaimedTransfer(transfer_record(member), member.group_id)
-                )
+                members.setdefault(member.group_id, []).append(_claimed(member))
         transfers: list[ClaimedTransfer] = []
         for row in kept:
-            transfers.append(ClaimedTransfer(transfer_record(row), row.group_id))
+            transfers.append(_claimed(row))
             transfers += members.get(row.id, []) if row.group_id is not None else []
         return Claim(transfers, now=rows[0].now, full=full)
 
@@ -344,18 +419,25 @@ class SqlTransferRepository:
         value: datetime = self._c.exec_driver_sql("SELECT now()").scalar_one()
         return value
 
-    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
         if not outcomes:
-            return
-        self._c.exec_driver_sql(
+            return []
+        rows = self._c.exec_driver_sql(
             FINALIZE,
             {
                 "now": now,
-                "ids": [o.transfer_id for o in outcomes],
-                "statuses": ["posted" if isinstance(o, Posted) else "rejected" for o in outcomes],
-                "reasons": [None if isinstance(o, Posted) else o.reason.value for o in outcomes],
+                "ids": ",".join(o.transfer_id for o in outcomes),
+                "statuses": ",".join(
+                    "posted" if isinstance(o, Posted) else "rejected" for o in outcomes
+                ),
+                "reasons": ",".join(
+                    "" if isinstance(o, Posted) else o.reason.value for o in outcomes
+                ),
+                "outbox_time": outbox.time,
+                "requeue_seconds": outbox.requeue_after_seconds,
             },
         )
+        return [row.id for row in rows]
 
     def record_posting_failure(
         self,
@@ -397,10 +479,10 @@ class SqlEntryRepository:
         self._c.exec_driver_sql(
             ADD_ENTRIES,
             {
-                "transfer_ids": [e.transfer_id for e in entries],
-                "account_ids": [e.account_id for e in entries],
-                "amounts": [e.amount for e in entries],
-                "balances": [e.balance_after for e in entries],
+                "transfer_ids": ",".join(e.transfer_id for e in entries),
+                "account_ids": ",".join(e.account_id for e in entries),
+                "amounts": ",".join(str(e.amount) for e in entries),
+                "balances": ",".join(str(e.balance_after) for e in entries),
             },
         )
 

@@ -6,7 +6,6 @@ that schedules can be tested without waiting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,23 +14,9 @@ from sqlalchemy import Connection, and_, or_, select, update
 from ledger_core.adapters import tables as t
 from ledger_core.domain.records import AttemptRecord, DeliveryRecord, EndpointRecord
 from ledger_core.domain.webhooks import AttemptDecision, DeliveryStatus, EndpointStatus
-from ledger_core.service_layer.ports import ClaimedDelivery, NewDelivery, NewEvent
+from ledger_core.service_layer.ports import ClaimedDelivery
 
 RETRYABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
-
-ADD_EVENTS = """
-    INSERT INTO events (id, type, transfer_id, payload, created_at)
-    SELECT id, type, transfer_id, payload, %(now)s
-    FROM unnest(%(ids)s::text[], %(types)s::text[], %(transfer_ids)s::text[],
-                %(payloads)s::text[]) AS u(id, type, transfer_id, payload)
-"""
-ADD_DELIVERIES = """
-    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, next_attempt_at, enqueued_until,
-                                    created_at)
-    SELECT * FROM unnest(%(ids)s::text[], %(event_ids)s::text[], %(endpoint_ids)s::text[],
-                         %(next_attempt_at)s::timestamptz[], %(enqueued_until)s::timestamptz[],
-                         %(created_at)s::timestamptz[])
-"""
 
 
 def _endpoint(row: Any) -> EndpointRecord:
@@ -129,20 +114,6 @@ class EventRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
 
-    def add_many(self, events: Sequence[NewEvent], *, now: datetime) -> None:
-        if not events:
-            return
-        self._c.exec_driver_sql(
-            ADD_EVENTS,
-            {
-                "ids": [e.id for e in events],
-                "types": [e.type for e in events],
-                "transfer_ids": [e.transfer_id for e in events],
-                "payloads": [e.payload for e in events],
-                "now": now,
-            },
-        )
-
     def payload(self, event_id: str) -> str | None:
         return self._c.scalar(select(t.events.c.payload).where(t.events.c.id == event_id))
 
@@ -150,21 +121,6 @@ class EventRepository:
 class DeliveryRepository:
     def __init__(self, connection: Connection) -> None:
         self._c = connection
-
-    def add_many(self, deliveries: Sequence[NewDelivery]) -> None:
-        if not deliveries:
-            return
-        self._c.exec_driver_sql(
-            ADD_DELIVERIES,
-            {
-                "ids": [d.id for d in deliveries],
-                "event_ids": [d.event_id for d in deliveries],
-                "endpoint_ids": [d.endpoint_id for d in deliveries],
-                "next_attempt_at": [d.next_attempt_at for d in deliveries],
-                "enqueued_until": [d.enqueued_until for d in deliveries],
-                "created_at": [d.created_at for d in deliveries],
-            },
-        )
 
     def _select(self) -> Any:
         d = t.webhook_deliveries
@@ -285,6 +241,9 @@ class DeliveryRepository:
                 status=decision.status.value,
                 next_attempt_at=decision.next_attempt_at,
                 leased_until=None,
+                # The task that made this attempt is done: the next one is due on the
+                # schedule, not after the requeue window of the first enqueue.
+                enqueued_until=None,
                 last_status_code=status_code,
                 last_error=error,
             )
@@ -298,6 +257,7 @@ class DeliveryRepository:
                 status=DeliveryStatus.ABANDONED.value,
                 next_attempt_at=None,
                 leased_until=None,
+                enqueued_until=None,
                 last_error=error,
             )
         )

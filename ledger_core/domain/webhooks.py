@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from ledger_core.domain.model import TransferStatus
+from ledger_core.domain.records import EndpointRecord, TransferRecord, iso_utc
 
 
 class EventType(StrEnum):
@@ -162,3 +164,20 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     if ip.teredo is not None:
         found.extend(ip.teredo)
     return found
+
+
+def endpoint_matches(endpoint: EndpointRecord, event_type: str, account_ids: set[str]) -> bool:
+    """Whether an endpoint receives an event. The posting statement does this in SQL
+    (sql_transfers.FINALIZE); this is the reference its tests hold it to."""
+    if event_type not in endpoint.events:
+        return False
+    return endpoint.account_ids is None or bool(account_ids & set(endpoint.account_ids))
+
+
+def event_payload(event_id: str, event_type: str, now: datetime, transfer: TransferRecord) -> str:
+    """The bytes every attempt of an event sends and signs. Built in SQL by the posting
+    statement from the final row; this is the reference its tests hold it to."""
+    return json.dumps(
+        {"id": event_id, "type": event_type, "timestamp": iso_utc(now), "data": transfer.to_json()},
+        separators=(",", ":"),
+    )

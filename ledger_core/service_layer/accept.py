@@ -122,12 +122,18 @@ def _replay_keyed(keyed: KeyedRecord, request_hash: str) -> Response | Failure:
     return Response(202, keyed.record.as_accepted().to_json(), replayed=True)
 
 
+# Keys of money movements live on their transfers, keys of other requests in the stored
+# responses: two namespaces in PostgreSQL, so two in the cache, or a copy in Redis could
+# answer for the wrong one.
+CACHE_NAMESPACE = "transfers:"
+
+
 def _cache(
     cache: IdempotencyCache, api_key_id: str, key: str, request_hash: str, response: Response
 ) -> None:
     cache.put(
         api_key_id,
-        key,
+        CACHE_NAMESPACE + key,
         (request_hash, response.status_code, response.body),
         ttl_seconds=limits.idempotency_ttl_seconds,
     )
@@ -143,37 +149,47 @@ def _wake(wake: WakePosting, shards: Collection[int]) -> None:
             log.exception("waking the posting workers failed; the sweeper will")
 
 
+Stored = TransferRecord | KeyedRecord
+
+
 def store_pending(
     uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]
-) -> list[TransferRecord | KeyedRecord]:
+) -> list[Stored | Exception]:
     """Store PENDING transfers in one transaction, each unless its key already created one;
     for each write, the transfer stored now or what its key created before.
 
     The API calls this with the writes of concurrent requests, so that they share one
     commit. Should the group fail for a reason that is not the database being away (a
     constraint one write breaks), each write is tried alone, so that one bad write does
-    not refuse the others.
+    not refuse the others: its caller gets its exception in place of a result.
     """
     try:
-        return _store_together(uow_factory, writes)
+        together: list[Stored | Exception] = [*_store_together(uow_factory, writes)]
+        return together
     except StorageUnavailableError:
         raise
     except Exception:
         if len(writes) == 1:
             raise
         log.exception("storing %d transfers together failed; storing each alone", len(writes))
-        return [_store_together(uow_factory, [write])[0] for write in writes]
+    alone: list[Stored | Exception] = []
+    for write in writes:
+        try:
+            alone.append(_store_together(uow_factory, [write])[0])
+        except StorageUnavailableError:
+            raise
+        except Exception as error:
+            alone.append(error)
+    return alone
 
 
-def _store_together(
-    uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]
-) -> list[TransferRecord | KeyedRecord]:
+def _store_together(uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]) -> list[Stored]:
     with uow_factory() as uow:
         stored = uow.transfers.add_pending(writes)
         missing = [(w.api_key_id, w.idempotency_key) for w in writes if w.transfer.id not in stored]
         existing = uow.transfers.by_idempotency_keys(missing) if missing else {}
         uow.commit()
-    results: list[TransferRecord | KeyedRecord] = []
+    results: list[Stored] = []
     for write in writes:
         created = stored.get(write.transfer.id)
         if created is None:
@@ -183,6 +199,13 @@ def _store_together(
         else:
             results.append(created)
     return results
+
+
+def _store_alone(uow_factory: UnitOfWorkFactory, write: PendingWrite) -> Stored:
+    result = store_pending(uow_factory, [write])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def accept_transfer(
@@ -202,7 +225,7 @@ def accept_transfer(
     The accounts' facts come from a per-process cache (they never change), so a request
     usually costs its one INSERT, in a transaction that `store` may share with others.
     """
-    cached = cache.get(api_key_id, idempotency_key)
+    cached = cache.get(api_key_id, CACHE_NAMESPACE + idempotency_key)
     if cached is not None:
         return replay(cached, request_hash)
     with uow_factory() as uow:
@@ -210,7 +233,7 @@ def accept_transfer(
     if isinstance(planned, AcceptError):
         return Failure(planned.value, ACCEPT_ERROR_DETAILS[planned])
     write = PendingWrite(planned, api_key_id, idempotency_key, request_hash)
-    stored = store_pending(uow_factory, [write])[0] if store is None else store(write)
+    stored = _store_alone(uow_factory, write) if store is None else store(write)
     if isinstance(stored, KeyedRecord):
         replayed = _replay_keyed(stored, request_hash)
         if isinstance(replayed, Response):

@@ -76,8 +76,15 @@ class KeyedRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedTransfer:
-    record: TransferRecord
+    """What posting needs of a claimed PENDING transfer, and no more: a batch holds a
+    thousand of them."""
+
+    id: str
+    source_account_id: str
+    destination_account_id: str
+    amount: int
     group_id: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,30 +99,21 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Outbox:
+    """When the outbox rows are written (the posting's time, or an injected clock's) and
+    how long a queued delivery task is trusted before the scheduler enqueues another."""
+
+    time: datetime
+    requeue_after_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     delivery_id: str
     attempts: int
     event_id: str
     payload: str
     endpoint: EndpointRecord
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    id: str
-    type: str
-    transfer_id: str
-    payload: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    id: str
-    event_id: str
-    endpoint_id: str
-    next_attempt_at: datetime
-    enqueued_until: datetime
-    created_at: datetime
 
 
 Violations = dict[str, list[tuple[str, int]]]
@@ -183,7 +181,12 @@ class TransferRepository(Protocol):
         transfers, unless the first group alone is bigger."""
         ...
 
-    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime) -> None: ...
+    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
+        """Write each outcome's final status (posted at `now`) and, in the same statement,
+        the webhook outbox: one event per transfer, one delivery per enabled endpoint that
+        matches it (`endpoint_matches`), its payload `event_payload`. Returns the ids of
+        the deliveries, to enqueue once the transaction commits."""
+        ...
 
     def record_posting_failure(
         self,
@@ -270,14 +273,10 @@ class EndpointRepository(Protocol):
 
 
 class EventRepository(Protocol):
-    def add_many(self, events: Sequence[NewEvent], *, now: datetime) -> None: ...
-
     def payload(self, event_id: str) -> str | None: ...
 
 
 class DeliveryRepository(Protocol):
-    def add_many(self, deliveries: Sequence[NewDelivery]) -> None: ...
-
     def get(self, delivery_id: str) -> DeliveryRecord | None: ...
 
     def list_page(

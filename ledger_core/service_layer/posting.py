@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from ledger_core.domain import limits
 from ledger_core.domain.model import Outcome, Posted, TransferToPost
 from ledger_core.domain.posting import post_batch
-from ledger_core.domain.records import TransferRecord
 from ledger_core.service_layer.errors import StorageUnavailableError
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
@@ -32,11 +31,11 @@ from ledger_core.service_layer.ports import (
     ClaimedTransfer,
     EnqueueDeliveries,
     Metrics,
+    Outbox,
     UnitOfWork,
     UnitOfWorkFactory,
     WakePosting,
 )
-from ledger_core.service_layer.webhooks import write_events
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +147,7 @@ def post_claimed(
 ) -> BatchReport:
     """Claim and post one batch; on a failure that is not about money, isolate it."""
     claimed: list[ClaimedTransfer] = []
+    full: list[bool] = []
     try:
         return _post_once(
             uow_factory,
@@ -156,6 +156,7 @@ def post_claimed(
             only_ids=only_ids,
             options=options,
             claimed_out=claimed,
+            full_out=full,
         )
     except StorageUnavailableError:
         raise  # the database is away: retry the whole batch later, as it was
@@ -164,7 +165,9 @@ def post_claimed(
             raise  # failed before it claimed anything: not the transfers' fault
         log.exception("posting a batch of %d failed; isolating the cause", len(claimed))
         options.metrics.posting_failed("batch")
-        return _isolate(uow_factory, _units(claimed), error, options)
+        report = _isolate(uow_factory, _units(claimed), error, options)
+        # A full claim means more may be waiting, whatever became of this batch.
+        return replace(report, full=bool(full and full[0]))
 
 
 def _post_once(
@@ -175,6 +178,7 @@ def _post_once(
     only_ids: Sequence[str] | None,
     options: PostingOptions,
     claimed_out: list[ClaimedTransfer],
+    full_out: list[bool] | None = None,
 ) -> BatchReport:
     started = time.monotonic()
     with uow_factory() as uow:
@@ -182,22 +186,20 @@ def _post_once(
         if not claim.transfers:
             return BatchReport(0, False, [], [])
         claimed_out += claim.transfers
-        outcomes, final, delivery_ids = _write_batch(uow, claim, options)
+        if full_out is not None:
+            full_out.append(claim.full)
+        outcomes, delivery_ids = _write_batch(uow, claim, options)
         uow.commit()
-    _after_commit(final, delivery_ids, time.monotonic() - started, options)
+    _after_commit(claim.transfers, outcomes, delivery_ids, time.monotonic() - started, options)
     return BatchReport(len(claim.transfers), claim.full, outcomes, [])
 
 
 def _write_batch(
     uow: UnitOfWork, claim: Claim, options: PostingOptions
-) -> tuple[list[Outcome], list[TransferRecord], list[str]]:
+) -> tuple[list[Outcome], list[str]]:
     movements = [
         TransferToPost.between(
-            c.record.id,
-            c.record.source_account_id,
-            c.record.destination_account_id,
-            c.record.amount,
-            c.group_id,
+            c.id, c.source_account_id, c.destination_account_id, c.amount, c.group_id
         )
         for c in claim.transfers
     ]
@@ -205,46 +207,34 @@ def _write_batch(
     result = post_batch(accounts, movements)
     uow.entries.add_posted(result.outcomes)
     uow.accounts.set_balances(result.balances)
-    uow.transfers.finalize(result.outcomes, now=claim.now)
-    final = [
-        _final_record(c.record, outcome, claim.now)
-        for c, outcome in zip(claim.transfers, result.outcomes, strict=True)
-    ]
-    outbox_now = options.clock() if options.clock is not None else claim.now
-    delivery_ids = write_events(
-        uow, final, now=outbox_now, requeue_after_seconds=options.webhook_requeue_after_seconds
+    outbox = Outbox(
+        time=options.clock() if options.clock is not None else claim.now,
+        requeue_after_seconds=options.webhook_requeue_after_seconds,
     )
-    return result.outcomes, final, delivery_ids
-
-
-def _final_record(record: TransferRecord, outcome: Outcome, now: datetime) -> TransferRecord:
-    if isinstance(outcome, Posted):
-        return replace(record, status="posted", posted_at=now)
-    return replace(record, status="rejected", rejection_reason=outcome.reason.value)
+    delivery_ids = uow.transfers.finalize(result.outcomes, now=claim.now, outbox=outbox)
+    return result.outcomes, delivery_ids
 
 
 def _after_commit(
-    final: list[TransferRecord],
+    claimed: Sequence[ClaimedTransfer],
+    outcomes: Sequence[Outcome],
     delivery_ids: list[str],
     duration_seconds: float,
     options: PostingOptions,
 ) -> None:
-    counts: dict[str, int] = {}
-    for record in final:
-        counts[record.status] = counts.get(record.status, 0) + 1
+    posted = sum(isinstance(o, Posted) for o in outcomes)
+    counts = {"posted": posted, "rejected": len(outcomes) - posted}
     # Accepted to committed, by this process's clock.
     committed_at = datetime.now(UTC)
-    latencies = [
-        (committed_at - r.created_at).total_seconds() for r in final if r.created_at is not None
-    ]
-    options.metrics.posting_batch(len(final), duration_seconds)
+    latencies = [(committed_at - c.created_at).total_seconds() for c in claimed]
+    options.metrics.posting_batch(len(outcomes), duration_seconds)
     options.metrics.transfers_finalized(counts, latencies)
     # One line per batch, not per transfer: a thousand lines would cost more than the
     # posting. Each transfer id is on it, so the logs still follow a transfer.
     log.info(
         "posting batch committed",
         extra={
-            "transfer_ids": [r.id for r in final],
+            "transfer_ids": [o.transfer_id for o in outcomes],
             "counts": counts,
             "duration_ms": round(duration_seconds * 1000, 2),
         },
@@ -281,7 +271,7 @@ def _isolate(
     # Each split halves a part, so this ends after at most 2 * len(units) transactions.
     while parts:
         part = parts.pop()
-        ids = [c.record.id for unit in part for c in unit if c.group_id in (None, c.record.id)]
+        ids = [c.id for unit in part for c in unit if c.group_id in (None, c.id)]
         size = sum(len(unit) for unit in part)
         try:
             report = _post_once(
@@ -309,7 +299,7 @@ def _isolate(
 def _count_failure(
     uow_factory: UnitOfWorkFactory, unit: Unit, error: Exception, options: PostingOptions
 ) -> list[str]:
-    ids = [c.record.id for c in unit]
+    ids = [c.id for c in unit]
     description = f"{type(error).__name__}: {error}"[: limits.posting_error_length_max]
     with uow_factory() as uow:
         quarantined = uow.transfers.record_posting_failure(

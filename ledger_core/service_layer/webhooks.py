@@ -18,9 +18,7 @@ from typing import Any
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ledger_core.domain.ids import new_id
-from ledger_core.domain.records import EndpointRecord, TransferRecord, iso_utc
 from ledger_core.domain.webhooks import (
-    EVENT_TYPE_BY_STATUS,
     DeliveryStatus,
     EndpointStatus,
     EventType,
@@ -35,8 +33,6 @@ from ledger_core.service_layer.ports import (
     NULL_METRICS,
     EnqueueDeliveries,
     Metrics,
-    NewDelivery,
-    NewEvent,
     UnitOfWork,
     UnitOfWorkFactory,
     UrlGuard,
@@ -214,66 +210,6 @@ def rotate_secret(
         )
         uow.commit()
     return {"id": endpoint_id, "object": "webhook_endpoint", "secret": secret}
-
-
-def endpoint_matches(endpoint: EndpointRecord, event_type: str, account_ids: set[str]) -> bool:
-    if event_type not in endpoint.events:
-        return False
-    return endpoint.account_ids is None or bool(account_ids & set(endpoint.account_ids))
-
-
-def event_payload(event_id: str, event_type: str, now: datetime, transfer: TransferRecord) -> str:
-    return json.dumps(
-        {"id": event_id, "type": event_type, "timestamp": iso_utc(now), "data": transfer.to_json()},
-        separators=(",", ":"),
-    )
-
-
-def write_events(
-    uow: UnitOfWork,
-    transfers: Sequence[TransferRecord],
-    *,
-    now: datetime,
-    requeue_after_seconds: float,
-) -> list[str]:
-    """Inside the posting transaction: one event per final transfer, one delivery per
-    matching endpoint, each set in one statement. Returns the delivery ids to enqueue
-    once it commits."""
-    if not transfers:
-        return []
-    endpoints = uow.endpoints.enabled()
-    events: list[NewEvent] = []
-    deliveries: list[NewDelivery] = []
-    # The posting task enqueues these right after commit; if that enqueue is lost, the
-    # scheduler enqueues them again after this.
-    enqueued_until = now + timedelta(seconds=requeue_after_seconds)
-    for transfer in transfers:
-        event_type = EVENT_TYPE_BY_STATUS[transfer.status].value
-        event_id = new_id(EVENT_PREFIX)
-        events.append(
-            NewEvent(
-                event_id,
-                event_type,
-                transfer.id,
-                event_payload(event_id, event_type, now, transfer),
-            )
-        )
-        accounts = {transfer.source_account_id, transfer.destination_account_id}
-        deliveries += [
-            NewDelivery(
-                id=new_id(DELIVERY_PREFIX),
-                event_id=event_id,
-                endpoint_id=endpoint.id,
-                next_attempt_at=now,
-                enqueued_until=enqueued_until,
-                created_at=now,
-            )
-            for endpoint in endpoints
-            if endpoint_matches(endpoint, event_type, accounts)
-        ]
-    uow.events.add_many(events, now=now)
-    uow.deliveries.add_many(deliveries)
-    return [d.id for d in deliveries]
 
 
 def get_event(uow_factory: UnitOfWorkFactory, event_id: str) -> dict[str, Any] | Failure:

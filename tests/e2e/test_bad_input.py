@@ -303,7 +303,7 @@ def test_an_invalid_item_refuses_the_whole_batch_with_its_index(
     assert snapshot() == before
     eur = web.post("/v1/accounts", json={"currency": "EUR"}).json["id"]
     before = snapshot()
-    items = _items(usd[0], usd[1], 3) + [{"kind": "deposit", "account_id": eur, "amount": 2}]
+    items = [*_items(usd[0], usd[1], 3), {"kind": "deposit", "account_id": eur, "amount": 2}]
     items[1]["destination_account_id"] = eur
     response = web.post("/v1/transfers/batch", json={"items": items}, headers=key("batch-fx"))
     assert_problem(response, 422, "currency_mismatch")

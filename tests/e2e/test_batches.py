@@ -143,9 +143,7 @@ def test_a_batch_replays_under_its_key(client: httpx.Client, engine: Engine) -> 
     assert again.status_code == 202
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()  # the first answer, items pending as they were
-    other = client.post(
-        "/v1/transfers/batch", json={**body, "atomic": True}, headers=headers
-    )
+    other = client.post("/v1/transfers/batch", json={**body, "atomic": True}, headers=headers)
     assert other.status_code == 422
     assert other.json()["code"] == "idempotency_key_reused"
     assert client.get(f"/v1/accounts/{account['id']}").json()["balance"]["posted"] == 9

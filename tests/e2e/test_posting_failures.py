@@ -71,9 +71,7 @@ def _lost_wakeup_deposit(settings: Settings, admin_key: str, account_id: str) ->
 def _row(engine: Engine, transfer_id: str) -> object:
     with engine.connect() as connection:
         return connection.execute(
-            text(
-                "SELECT status, posting_attempts, posting_error FROM transfers WHERE id = :id"
-            ),
+            text("SELECT status, posting_attempts, posting_error FROM transfers WHERE id = :id"),
             {"id": transfer_id},
         ).one()
 

@@ -84,15 +84,13 @@ def test_a_claim_skips_what_another_holds_and_keeps_groups_whole(
 ) -> None:
     a, b = books.open_account(allow_overdraft=True), books.open_account(allow_overdraft=True)
     singles = _batch(books, [accept.MovementRequest(TransferKind.TRANSFER, a, b, 1)] * 3)
-    group = _batch(
-        books, [accept.MovementRequest(TransferKind.TRANSFER, b, a, 1)] * 4, atomic=True
-    )
+    group = _batch(books, [accept.MovementRequest(TransferKind.TRANSFER, b, a, 1)] * 4, atomic=True)
     with uow_factory() as first:
         held = first.transfers.claim(shard=0, limit=2)
         with uow_factory() as second:
             rest = second.transfers.claim(shard=0, limit=1_000)
-        held_ids = [c.record.id for c in held.transfers]
-        rest_ids = [c.record.id for c in rest.transfers]
+        held_ids = [c.id for c in held.transfers]
+        rest_ids = [c.id for c in rest.transfers]
     assert set(held_ids).isdisjoint(rest_ids)
     assert set(singles + group) <= set(held_ids) | set(rest_ids)
     # The group came whole with its head, in item order, though it exceeds the limit of 2
@@ -100,5 +98,32 @@ def test_a_claim_skips_what_another_holds_and_keeps_groups_whole(
     mine = [i for i in rest_ids if i in group]
     assert mine in ([], group)
     assert held.full
-    posting.post_transfers(uow_factory, singles + [group[0]])
+    posting.post_transfers(uow_factory, [*singles, group[0]])
     assert not any(reconcile(uow_factory).values())
+
+
+def test_releasing_a_quarantined_group_member_releases_the_whole_group(
+    uow_factory: Any, engine: Engine, books: Books
+) -> None:
+    a, b = books.open_account(allow_overdraft=True), books.open_account(allow_overdraft=True)
+    group = _batch(books, [accept.MovementRequest(TransferKind.TRANSFER, a, b, 1)] * 3, atomic=True)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE transfers SET status = 'quarantined', posting_error = 'test'"
+                " WHERE id = ANY(:ids)"
+            ),
+            {"ids": group},
+        )
+    # Naming a member, not the head: the group still goes back whole.
+    assert posting.release_quarantined(uow_factory, group[2])
+    with engine.connect() as connection:
+        statuses = set(
+            connection.scalars(
+                text("SELECT status FROM transfers WHERE id = ANY(:ids)"), {"ids": group}
+            )
+        )
+    assert statuses == {"pending"}
+    outcomes = posting.post_transfers(uow_factory, [group[0]])
+    assert len(outcomes) == 3
+    assert not posting.release_quarantined(uow_factory, group[0])  # nothing quarantined now

@@ -1,44 +1,134 @@
-"""In-memory stand-ins for the PostgreSQL unit of work and the Redis idempotency cache.
+"""In-memory stand-ins for the PostgreSQL unit of work, the Redis idempotency cache, the
+posting wake-ups and the metrics.
 
-The fake implements exactly the repository methods the use cases call (see
-ledger_core/adapters/sql.py, plus the webhook-outbox writes post_transfers now makes:
-transfers.get_many, endpoints.enabled, events.add, deliveries.add_many) and enforces the
-schema constraints the domain relies on, so a use case that writes books the database would
-refuse fails here too. A unit of work copies the committed state on enter, works on the
-copy, and swaps it in on commit: whatever was not committed is discarded, as a rolled-back
-transaction would be.
+`FakeStore` is a `UnitOfWorkFactory` and `FakeUnitOfWork` a `UnitOfWork`: mypy checks both
+against `ledger_core/service_layer/ports.py` (see the bottom of this file), as it checks the
+SQL adapters, so the fake cannot drift from the protocols. Each method mirrors its SQL in
+`ledger_core/adapters/sql_*.py`, `webhook_sql.py` and `books_checks.py`, and the schema's
+constraints (`ledger_core/adapters/tables.py`) are enforced, so a use case that writes books
+PostgreSQL would refuse fails here too, with `FakeIntegrityError`.
+
+Transactions: a unit of work copies the committed state on enter, works on the copy and
+swaps it in on commit; whatever was not committed is dropped, as a rolled-back transaction
+would be. Until it first writes, a unit of work sees what others commit meanwhile (READ
+COMMITTED, statement by statement). Row locks, unique keys being inserted and advisory
+locks are held by the open unit of work until it ends, so that two units of work open at
+once behave as two transactions: a claim skips transfers another one holds (SKIP LOCKED);
+a statement that would wait for a lock calls `store.on_lock_wait(holder)` (where a test
+commits or rolls back the holder, as another thread would), and without that hook it
+fails as PostgreSQL's statement timeout would, with `StorageUnavailableError`. Identity
+columns (`seq`, entry ids) are sequences: a rolled-back insert burns its numbers.
+
+What the fake cannot do (merge the writes of two units of work that both wrote and both
+commit) raises `FakeLimitationError` and is recorded in `LIMITATIONS_HIT`, which the
+unit-test conftest checks is empty after every test.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger_core.domain import limits
-from ledger_core.domain.model import AccountState, Outcome, Posted, TransferStatus, TransferToPost
-from ledger_core.domain.records import AccountRecord, EntryRecord, TransferRecord
-from ledger_core.service_layer.ports import StoredResponse
+from ledger_core.adapters.sql_transfers import stale_scan_rows_max
+from ledger_core.domain.ids import new_id
+from ledger_core.domain.model import AccountFacts, AccountState, Outcome, Posted
+from ledger_core.domain.records import (
+    AccountRecord,
+    AttemptRecord,
+    BatchRecord,
+    DeliveryRecord,
+    EndpointRecord,
+    EntryRecord,
+    TransferRecord,
+)
+from ledger_core.domain.webhooks import (
+    AttemptDecision,
+    DeliveryStatus,
+    EndpointStatus,
+    endpoint_matches,
+    event_payload,
+)
+from ledger_core.service_layer.errors import StorageUnavailableError
+from ledger_core.service_layer.ports import (
+    Claim,
+    ClaimedDelivery,
+    ClaimedTransfer,
+    KeyedRecord,
+    NewBatch,
+    NewTransfer,
+    Outbox,
+    PendingWrite,
+    StoredResponse,
+    Violations,
+)
 
 TEST_API_KEY_ID = "key_test"
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SMALLINT_MIN, SMALLINT_MAX = -(2**15), 2**15 - 1
+NUMERIC_39_MAX = 10**39 - 1  # numeric(39, 0)
+IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60  # PUT_RESPONSE's %(ttl)s: limits.idempotency_ttl_seconds
+TRANSFER_KINDS = ("deposit", "withdrawal", "transfer")
+TRANSFER_STATUSES = ("pending", "posted", "rejected", "quarantined")
+RETRYABLE_DELIVERIES = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
+ENDPOINT_COLUMNS = frozenset(
+    {
+        "url",
+        "events",
+        "account_ids",
+        "description",
+        "status",
+        "disabled_reason",
+        "secret",
+        "previous_secret",
+        "previous_secret_expires_at",
+        "last_success_at",
+        "failing_since",
+        "deleted_at",
+    }
+)
+
+
+# Every FakeLimitationError of any store, even one a use case caught: conftest fails a
+# test that hit one, since its result would not say what PostgreSQL does.
+LIMITATIONS_HIT: list[str] = []
 
 
 class FakeIntegrityError(Exception):
     """What PostgreSQL would raise: a constraint of the schema was violated."""
 
 
-def _json_round_trip(value: Any) -> Any:
+class FakeLockTimeoutError(StorageUnavailableError):
+    """A statement waited for a lock that another open unit of work holds and nobody
+    released it: in one thread that wait never ends, so it ends as PostgreSQL's
+    statement timeout would (transient, hence StorageUnavailableError)."""
+
+
+class FakeLimitationError(Exception):
+    """The fake cannot faithfully do this (merge two units of work that both wrote)."""
+
+
+def _json(value: Any) -> Any:
     # JSONB columns and Redis values hold JSON: anything else would not survive storage.
     return json.loads(json.dumps(value))
 
 
-def _check_int64(value: int, what: str) -> None:
-    if not limits.balance_min <= value <= limits.balance_max:
-        raise FakeIntegrityError(f"{what} {value} is out of bigint range")
+def _in_range(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _require(condition: bool, constraint: str) -> None:
+    if not condition:
+        raise FakeIntegrityError(constraint)
+
+
+# ----------------------------------------------------------------------------- rows
 
 
 @dataclass
@@ -55,9 +145,72 @@ class AccountRow:
 
 @dataclass
 class TransferRow:
-    record: TransferRecord
+    id: str
+    seq: int
+    kind: str
+    source_account_id: str
+    destination_account_id: str
+    amount: int
+    currency: str
+    description: str | None
+    metadata: dict[str, str]
     api_key_id: str
+    created_at: datetime
+    status: str = "pending"
+    rejection_reason: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    batch_id: str | None = None
+    group_id: str | None = None
+    shard: int = 0
+    posting_attempts: int = 0
+    posting_retry_at: datetime | None = None
+    posting_error: str | None = None
+    posted_at: datetime | None = None
     finalized_at: datetime | None = None
+
+    @property
+    def claimable(self) -> bool:
+        # ix_transfers_claimable's predicate: PENDING single transfers and group heads.
+        return self.status == "pending" and (self.group_id is None or self.group_id == self.id)
+
+    def claimed(self) -> ClaimedTransfer:
+        return ClaimedTransfer(
+            self.id,
+            self.source_account_id,
+            self.destination_account_id,
+            self.amount,
+            self.group_id,
+            self.created_at,
+        )
+
+    def record(self) -> TransferRecord:
+        return TransferRecord(
+            id=self.id,
+            kind=self.kind,
+            status=self.status,
+            rejection_reason=self.rejection_reason,
+            source_account_id=self.source_account_id,
+            destination_account_id=self.destination_account_id,
+            amount=self.amount,
+            currency=self.currency,
+            description=self.description,
+            metadata=copy.deepcopy(self.metadata),
+            created_at=self.created_at,
+            posted_at=self.posted_at,
+            batch_id=self.batch_id,
+        )
+
+
+@dataclass
+class BatchRow:
+    id: str
+    api_key_id: str
+    idempotency_key: str
+    request_hash: str
+    atomic: bool
+    item_count: int
+    created_at: datetime
 
 
 @dataclass
@@ -79,65 +232,346 @@ class ApiKeyRow:
 
 
 @dataclass
+class EndpointRow:
+    id: str
+    url: str
+    events: list[str]
+    account_ids: list[str] | None
+    description: str | None
+    secret: str
+    created_at: datetime
+    status: str = EndpointStatus.ENABLED.value
+    disabled_reason: str | None = None
+    previous_secret: str | None = None
+    previous_secret_expires_at: datetime | None = None
+    last_success_at: datetime | None = None
+    failing_since: datetime | None = None
+    deleted_at: datetime | None = None
+
+    def record(self) -> EndpointRecord:
+        return EndpointRecord(
+            id=self.id,
+            url=self.url,
+            events=list(self.events),
+            account_ids=None if self.account_ids is None else list(self.account_ids),
+            description=self.description,
+            status=self.status,
+            disabled_reason=self.disabled_reason,
+            secret=self.secret,
+            previous_secret=self.previous_secret,
+            previous_secret_expires_at=self.previous_secret_expires_at,
+            failing_since=self.failing_since,
+            created_at=self.created_at,
+        )
+
+
+@dataclass
+class EventRow:
+    id: str
+    type: str
+    transfer_id: str
+    payload: str
+    created_at: datetime
+
+
+@dataclass
+class DeliveryRow:
+    id: str
+    event_id: str
+    endpoint_id: str
+    next_attempt_at: datetime | None
+    enqueued_until: datetime | None
+    created_at: datetime
+    status: str = DeliveryStatus.PENDING.value
+    attempts: int = 0
+    leased_until: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class AttemptRow:
+    id: int
+    delivery_id: str
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+    duration_milliseconds: int
+
+
+@dataclass
 class State:
+    """The tables. Dicts keep insertion order; ids sort as the SQL's ORDER BY id does."""
+
     accounts: dict[str, AccountRow] = field(default_factory=dict)
     transfers: dict[str, TransferRow] = field(default_factory=dict)
+    batches: dict[str, BatchRow] = field(default_factory=dict)
     entries: list[EntryRecord] = field(default_factory=list)
-    next_entry_id: int = 1
     idempotency: dict[tuple[str, str], IdempotencyRow] = field(default_factory=dict)
     api_keys: dict[str, ApiKeyRow] = field(default_factory=dict)
     custom_currencies: dict[str, int] = field(default_factory=dict)
-    # The webhook outbox post_transfers writes in its transaction.
-    endpoints: list[Any] = field(default_factory=list)  # EndpointRecord, enabled ones only
-    events: dict[str, dict[str, Any]] = field(default_factory=dict)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    endpoints: dict[str, EndpointRow] = field(default_factory=dict)
+    events: dict[str, EventRow] = field(default_factory=dict)
+    deliveries: dict[str, DeliveryRow] = field(default_factory=dict)
+    attempts: list[AttemptRow] = field(default_factory=list)
+
+    def clone(self) -> State:
+        """A copy whose rows can be changed without touching these. Rows hold immutable
+        values (or JSON that is replaced, never changed in place), so a shallow copy of
+        each row is enough, and much faster than deepcopy."""
+        return State(
+            accounts={k: copy.copy(v) for k, v in self.accounts.items()},
+            transfers={k: copy.copy(v) for k, v in self.transfers.items()},
+            batches={k: copy.copy(v) for k, v in self.batches.items()},
+            entries=list(self.entries),
+            idempotency={k: copy.copy(v) for k, v in self.idempotency.items()},
+            api_keys={k: copy.copy(v) for k, v in self.api_keys.items()},
+            custom_currencies=dict(self.custom_currencies),
+            endpoints={k: copy.copy(v) for k, v in self.endpoints.items()},
+            events={k: copy.copy(v) for k, v in self.events.items()},
+            deliveries={k: copy.copy(v) for k, v in self.deliveries.items()},
+            attempts=list(self.attempts),
+        )
+
+    def by_seq(self) -> list[TransferRow]:
+        return sorted(self.transfers.values(), key=lambda t: t.seq)
+
+
+# ----------------------------------------------------------------------------- constraints
+
+
+def _check_account(s: State, row: AccountRow) -> None:
+    _require(_in_range(row.balance, -NUMERIC_39_MAX, NUMERIC_39_MAX), "accounts.balance numeric")
+    _require(row.allow_overdraft or row.balance >= 0, "ck_accounts_no_overdraft")
+    _require(not row.is_system or row.allow_overdraft, "ck_accounts_system_may_go_negative")
+    if row.is_system:
+        others = [
+            a.id
+            for a in s.accounts.values()
+            if a.is_system and a.currency == row.currency and a.id != row.id
+        ]
+        _require(not others, "uq_accounts_system_currency")
+
+
+def _check_transfer(s: State, t: TransferRow) -> None:
+    _require(t.kind in TRANSFER_KINDS, "ck_transfers_kind_known")
+    _require(t.status in TRANSFER_STATUSES, "ck_transfers_status_known")
+    _require(_in_range(t.amount, 1, INT64_MAX), "ck_transfers_amount_positive (bigint)")
+    _require(t.source_account_id != t.destination_account_id, "ck_transfers_distinct_accounts")
+    for account_id in (t.source_account_id, t.destination_account_id):
+        _require(account_id in s.accounts, "fk_transfers_*_account_id_accounts")
+    _require(t.api_key_id in s.api_keys, "fk_transfers_api_key_id_api_keys")
+    _require(t.batch_id is None or t.batch_id in s.batches, "fk_transfers_batch_id")
+    _require(
+        (t.status == "rejected") == (t.rejection_reason is not None),
+        "ck_transfers_reason_iff_rejected",
+    )
+    _require((t.status == "posted") == (t.posted_at is not None), "ck_transfers_posted_at_iff")
+    _require(
+        (t.status in ("posted", "rejected")) == (t.finalized_at is not None),
+        "ck_transfers_finalized_at_iff_final",
+    )
+    _require(
+        t.status != "quarantined" or t.posting_error is not None,
+        "ck_transfers_quarantined_has_error",
+    )
+    _require(_in_range(t.posting_attempts, 0, SMALLINT_MAX), "ck_transfers_posting_attempts")
+    _require(_in_range(t.shard, SMALLINT_MIN, SMALLINT_MAX), "transfers.shard smallint")
+    _require(
+        (t.idempotency_key is None) == (t.request_hash is None),
+        "ck_transfers_key_with_request_hash",
+    )
+    _require(
+        t.idempotency_key is None or t.batch_id is None, "ck_transfers_key_on_transfer_or_batch"
+    )
+
+
+def _check_delivery(row: DeliveryRow) -> None:
+    _require(
+        row.status in (*RETRYABLE_DELIVERIES, "succeeded", "abandoned"),
+        "ck_webhook_deliveries_status_known",
+    )
+    _require(row.attempts >= 0, "ck_webhook_deliveries_attempts_nonnegative")
+
+
+# ----------------------------------------------------------------------------- store
+
+
+LockKey = tuple[str, ...]
 
 
 class FakeStore:
-    """The database: committed state, a clock, advisory locks, and counters for tests.
+    """The database: committed state, a clock, locks, sequences, and hooks for tests.
 
     Calling the store opens a unit of work, so the store itself is the `uow_factory`.
     """
 
-    def __init__(self, *, api_key_ids: Iterable[str] = (TEST_API_KEY_ID,)) -> None:
+    def __init__(
+        self, *, api_key_ids: Iterable[str] = (TEST_API_KEY_ID,), now: datetime | None = None
+    ) -> None:
+        # The clock stands still unless a test advances it, so times are exact in
+        # assertions; it starts at the real time, for the use cases that read that.
+        now = datetime.now(UTC) if now is None else now
         self.state = State()
-        self.clock_offset = timedelta(0)
-        self.advisory_locks: dict[tuple[str, ...], FakeUnitOfWork] = {}
+        # Bumped by every commit that changed something, so a unit of work knows its copy
+        # is out of date.
+        self.version = 0
+        self._now = now
         self.opened = 0
         self.commits = 0
         self.open_uows: list[FakeUnitOfWork] = []
+        self.row_locks: dict[LockKey, FakeUnitOfWork] = {}
+        self.unique_holders: dict[LockKey, FakeUnitOfWork] = {}
+        self.advisory_locks: dict[tuple[str, ...], FakeUnitOfWork] = {}
+        self.next_seq = 1
+        self.next_entry_id = 1
+        self.next_attempt_id = 1
+        # Every repository call, as "transfers.claim"; tests read the order of statements.
+        self.calls: list[str] = []
+        # Test hooks. `faults`: "transfers.finalize" -> raised whenever that is called (a
+        # schema or code defect, or a database that is away). `poisoned`: transfer id ->
+        # raised by entries.add_posted when its outcome is among those written (a
+        # corrupted row that fails whatever batch it is in).
+        self.faults: dict[str, Exception] = {}
+        self.poisoned: dict[str, Exception] = {}
+        # Called with the holder when a statement would wait for its lock; the hook
+        # commits or rolls the holder back, as the other thread would.
+        self.on_lock_wait: Callable[[FakeUnitOfWork], None] | None = None
+        self.limitations: list[str] = []
         for key_id in api_key_ids:
             self.state.api_keys[key_id] = ApiKeyRow(
-                key_id, "test key", "admin", key_id.encode(), self.now()
+                key_id, "test key", "admin", key_id.encode(), now
             )
 
     def now(self) -> datetime:
-        return datetime.now(UTC) + self.clock_offset
+        return self._now
 
     def advance(self, seconds: float) -> None:
-        self.clock_offset += timedelta(seconds=seconds)
+        self._now += timedelta(seconds=seconds)
 
     def __call__(self) -> FakeUnitOfWork:
         self.opened += 1
         return FakeUnitOfWork(self)
 
-    # Helpers for tests: direct reads and writes of the committed state.
-    def set_balance(self, account_id: str, balance: int) -> None:
-        self.state.accounts[account_id].balance = balance
+    def limitation(self, what: str) -> FakeLimitationError:
+        self.limitations.append(what)
+        LIMITATIONS_HIT.append(what)
+        return FakeLimitationError(what)
+
+    def release(self, uow: FakeUnitOfWork) -> None:
+        for held in (self.row_locks, self.unique_holders, self.advisory_locks):
+            for key in [k for k, holder in held.items() if holder is uow]:
+                del held[key]
+
+    # Direct reads and writes of the committed state, for tests (an operator's psql).
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def transfer(self, transfer_id: str) -> TransferRow:
+        return self.state.transfers[transfer_id]
+
+    def status(self, transfer_id: str) -> str:
+        return self.state.transfers[transfer_id].status
+
+    def statuses(self, transfer_ids: Iterable[str]) -> list[str]:
+        return [self.status(i) for i in transfer_ids]
 
     def balances(self) -> dict[str, int]:
         return {a.id: a.balance for a in self.state.accounts.values()}
 
-    def transfer_status(self, transfer_id: str) -> str:
-        return self.state.transfers[transfer_id].record.status
+    def balance(self, account_id: str) -> int:
+        return self.state.accounts[account_id].balance
+
+    def set_balance(self, account_id: str, balance: int) -> None:
+        self.state.accounts[account_id].balance = balance
+        self._changed()
+
+    def system_account_id(self, currency: str) -> str:
+        [account_id] = [
+            a.id for a in self.state.accounts.values() if a.is_system and a.currency == currency
+        ]
+        return account_id
+
+    def backdate(self, transfer_id: str, seconds: float) -> None:
+        """As if the transfer had been accepted `seconds` earlier."""
+        row = self.state.transfers[transfer_id]
+        row.created_at -= timedelta(seconds=seconds)
+        self._changed()
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self.state.api_keys[key_id].revoked_at = self._now
+        self._changed()
+
+    def insert_account(
+        self, account_id: str, currency: str = "USD", *, balance: int = 0, overdraft: bool = False
+    ) -> None:
+        row = AccountRow(account_id, currency, None, {}, overdraft, False, balance, self._now)
+        self.state.accounts[account_id] = row
+        _check_account(self.state, row)
+        self._changed()
+
+    def insert_transfer(self, record: TransferRecord, *, api_key_id: str = TEST_API_KEY_ID) -> None:
+        """A transfer row as given (status and times included), for tests of what reads
+        transfers; the schema's checks still apply."""
+        row = TransferRow(
+            id=record.id,
+            seq=self.next_seq,
+            kind=record.kind,
+            source_account_id=record.source_account_id,
+            destination_account_id=record.destination_account_id,
+            amount=record.amount,
+            currency=record.currency,
+            description=record.description,
+            metadata=_json(record.metadata),
+            api_key_id=api_key_id,
+            created_at=record.created_at or self._now,
+            status=record.status,
+            rejection_reason=record.rejection_reason,
+            posted_at=record.posted_at,
+            finalized_at=None if record.status in ("pending", "quarantined") else self._now,
+            posting_error="inserted quarantined" if record.status == "quarantined" else None,
+        )
+        self.next_seq += 1
+        self.state.transfers[row.id] = row
+        _check_transfer(self.state, row)
+        self._changed()
+
+    def insert_endpoint(self, record: EndpointRecord) -> None:
+        self.state.endpoints[record.id] = EndpointRow(
+            id=record.id,
+            url=record.url,
+            events=_json(record.events),
+            account_ids=_json(record.account_ids),
+            description=record.description,
+            secret=record.secret,
+            created_at=record.created_at,
+            status=record.status,
+            disabled_reason=record.disabled_reason,
+            previous_secret=record.previous_secret,
+            previous_secret_expires_at=record.previous_secret_expires_at,
+            failing_since=record.failing_since,
+        )
+        self._changed()
+
+
+# ----------------------------------------------------------------------------- unit of work
 
 
 class FakeUnitOfWork:
+    """One transaction. It rolls back unless `commit()` was called."""
+
     def __init__(self, store: FakeStore) -> None:
         self._store = store
         self._working: State | None = None
+        self._base_version = -1
+        self._dirty = False
+        self._entered = False
+        self.active = False
         self.committed = False
-        self.closed = False
+        # A statement failed: PostgreSQL refuses every further one, and COMMIT rolls back.
+        self.aborted = False
+        self.now = store.now()  # now(): the transaction's start
         self.accounts = FakeAccounts(self)
         self.transfers = FakeTransfers(self)
         self.entries = FakeEntries(self)
@@ -147,21 +581,20 @@ class FakeUnitOfWork:
         self.endpoints = FakeEndpoints(self)
         self.events = FakeEvents(self)
         self.deliveries = FakeDeliveries(self)
+        self.books = FakeBooks(self)
 
     @property
     def store(self) -> FakeStore:
         return self._store
 
-    @property
-    def working(self) -> State:
-        if self._working is None or self.closed:
-            raise RuntimeError("unit of work used outside its `with` block")
-        return self._working
-
     def __enter__(self) -> FakeUnitOfWork:
-        if self._working is not None:
+        if self._entered:
             raise RuntimeError("unit of work entered twice")
-        self._working = copy.deepcopy(self._store.state)
+        self._entered = True
+        self.active = True
+        self.now = self._store.now()
+        self._working = self._store.state.clone()
+        self._base_version = self._store.version
         self._store.open_uows.append(self)
         return self
 
@@ -172,47 +605,182 @@ class FakeUnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         # Whatever was not committed is dropped, like a transaction rolled back on close.
-        self._release_locks()
-        self._store.open_uows.remove(self)
-        self._working = None
-        self.closed = True
+        if self.active:
+            self._end()
+        if self in self._store.open_uows:
+            self._store.open_uows.remove(self)
 
     def commit(self) -> None:
-        self._store.state = copy.deepcopy(self.working)
+        self._require_active()
+        if self.aborted:
+            self._end()  # COMMIT of a failed transaction is a ROLLBACK, without an error
+            return
+        if self._dirty:
+            if self._store.version != self._base_version:
+                raise self._store.limitation(
+                    "two units of work wrote and both commit: the fake cannot merge them"
+                )
+            assert self._working is not None
+            self._store.state = self._working
+            self._store.version += 1
         self._store.commits += 1
         self.committed = True
-        self._release_locks()
+        self._end()
 
     def rollback(self) -> None:
-        self._working = copy.deepcopy(self._store.state)
-        self._release_locks()
+        """For tests standing in for another transaction (not part of the protocol)."""
+        self._require_active()
+        self._end()
 
     def try_advisory_lock(self, *parts: str) -> bool:
-        self.working  # noqa: B018 (only inside a transaction)
+        self.statement("uow.try_advisory_lock")
         holder = self._store.advisory_locks.get(parts)
         if holder is not None and holder is not self:
             return False
         self._store.advisory_locks[parts] = self
         return True
 
-    def _release_locks(self) -> None:
-        for key in [k for k, holder in self._store.advisory_locks.items() if holder is self]:
-            del self._store.advisory_locks[key]
+    # What the repositories use.
+
+    def _require_active(self) -> None:
+        if not self.active:
+            raise RuntimeError("unit of work used outside its transaction")
+
+    def _end(self) -> None:
+        self.active = False
+        self._working = None
+        self._store.release(self)
+
+    @property
+    def working(self) -> State:
+        self._require_active()
+        assert self._working is not None
+        return self._working
+
+    def _refresh_if_stale(self) -> None:
+        """READ COMMITTED: a statement sees what others committed before it started. Once
+        this transaction wrote, its copy cannot take theirs in (see FakeLimitationError)."""
+        if self._store.version != self._base_version and not self._dirty:
+            self._working = self._store.state.clone()
+            self._base_version = self._store.version
+
+    def statement(self, name: str) -> State:
+        self._require_active()
+        if self.aborted:
+            raise FakeIntegrityError("current transaction is aborted (an earlier statement failed)")
+        self._store.calls.append(name)
+        fault = self._store.faults.get(name)
+        if fault is not None:
+            raise fault
+        self._refresh_if_stale()
+        return self.working
+
+    def wrote(self) -> None:
+        self._dirty = True
+
+    def _wait_for(self, holder: FakeUnitOfWork, what: LockKey) -> None:
+        hook = self._store.on_lock_wait
+        if hook is not None:
+            hook(holder)
+        if holder.active:
+            raise FakeLockTimeoutError(f"waited for {what} held by another unit of work")
+        if self._dirty and self._store.version != self._base_version:
+            raise self._store.limitation(f"{what} changed under a transaction that already wrote")
+        self._refresh_if_stale()
+
+    def lock_row(self, table: str, row_id: str, *, skip_locked: bool = False) -> bool:
+        """FOR UPDATE (or the lock an UPDATE takes): wait for another holder, or with
+        `skip_locked` pass the row by. True once this transaction holds the row."""
+        key = (table, row_id)
+        holder = self._store.row_locks.get(key)
+        if holder is not None and holder is not self:
+            if skip_locked:
+                return False
+            self._wait_for(holder, key)
+        self._store.row_locks[key] = self
+        return True
+
+    def insert_unique(self, key: LockKey, exists: Callable[[State], bool]) -> bool:
+        """May this transaction insert a row under this unique key? A unique index sees
+        other transactions' rows: an uncommitted one makes the insert wait for its
+        transaction, a committed one is a conflict even if this snapshot does not show it."""
+        holder = self._store.unique_holders.get(key)
+        if holder is not None and holder is not self:
+            self._wait_for(holder, key)
+        if exists(self.working) or exists(self._store.state):
+            return False
+        self._store.unique_holders[key] = self
+        return True
+
+
+def _aborting(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def statement(self: _Repository, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            # In PostgreSQL an error aborts the whole transaction, not just the statement.
+            self._uow.aborted = True
+            raise
+
+    return statement
 
 
 class _Repository:
+    table = ""
+
+    def __init_subclass__(cls) -> None:
+        for name, value in list(vars(cls).items()):
+            if callable(value) and not name.startswith("_"):
+                setattr(cls, name, _aborting(value))
+
     def __init__(self, uow: FakeUnitOfWork) -> None:
         self._uow = uow
 
+    def _statement(self, method: str) -> State:
+        return self._uow.statement(f"{self.table}.{method}")
+
     @property
     def _s(self) -> State:
+        # The current copy: after a wait it may be a fresh one, so never keep rows across
+        # a lock.
         return self._uow.working
 
+    @property
     def _now(self) -> datetime:
-        return self._uow.store.now()
+        return self._uow.now
+
+    @property
+    def _store(self) -> FakeStore:
+        return self._uow.store
+
+
+# ----------------------------------------------------------------------------- accounts
+
+
+def _account_record(s: State, row: AccountRow) -> AccountRecord:
+    pending = [t for t in s.transfers.values() if t.status == "pending"]
+    return AccountRecord(
+        id=row.id,
+        currency=row.currency,
+        name=row.name,
+        metadata=copy.deepcopy(row.metadata),
+        allow_overdraft=row.allow_overdraft,
+        is_system=row.is_system,
+        posted=row.balance,
+        pending_in=sum(t.amount for t in pending if t.destination_account_id == row.id),
+        pending_out=sum(t.amount for t in pending if t.source_account_id == row.id),
+        created_at=row.created_at,
+    )
+
+
+def _facts(row: AccountRow) -> AccountFacts:
+    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system)
 
 
 class FakeAccounts(_Repository):
+    table = "accounts"
+
     def add(
         self,
         *,
@@ -222,238 +790,497 @@ class FakeAccounts(_Repository):
         metadata: dict[str, str],
         allow_overdraft: bool,
     ) -> None:
-        if id in self._s.accounts:
-            raise FakeIntegrityError(f"duplicate account id {id}")
-        self._s.accounts[id] = AccountRow(
-            id=id,
-            currency=currency,
-            name=name,
-            metadata=_json_round_trip(metadata),
-            allow_overdraft=allow_overdraft,
-            is_system=False,
-            balance=0,
-            created_at=self._now(),
-        )
+        s = self._statement("add")
+        _require(id not in s.accounts, "pk_accounts")
+        row = AccountRow(id, currency, name, _json(metadata), allow_overdraft, False, 0, self._now)
+        _check_account(s, row)
+        self._uow.wrote()
+        s.accounts[id] = row
 
     def ensure_system_account(self, currency: str, id: str) -> None:
-        if self.system_account_id(currency) is not None:
+        self._statement("ensure_system_account")
+
+        def exists(state: State) -> bool:
+            return any(a.is_system and a.currency == currency for a in state.accounts.values())
+
+        # ON CONFLICT (currency) WHERE is_system DO NOTHING: only that index may conflict.
+        if not self._uow.insert_unique(("accounts.system", currency), exists):
             return
-        if id in self._s.accounts:
-            raise FakeIntegrityError(f"duplicate account id {id}")
-        self._s.accounts[id] = AccountRow(
-            id=id,
-            currency=currency,
-            name=f"{currency} system account",
-            metadata={},
-            allow_overdraft=True,
-            is_system=True,
-            balance=0,
-            created_at=self._now(),
-        )
-
-    def system_account_id(self, currency: str) -> str | None:
-        ids = [a.id for a in self._s.accounts.values() if a.currency == currency and a.is_system]
-        assert len(ids) <= 1, "uq_accounts_system_currency violated"
-        return ids[0] if ids else None
-
-    def system_state(self, currency: str) -> AccountState | None:
-        system_id = self.system_account_id(currency)
-        return None if system_id is None else self.states([system_id])[system_id]
-
-    def _record(self, row: AccountRow) -> AccountRecord:
-        pending = [
-            t.record
-            for t in self._s.transfers.values()
-            if t.record.status == TransferStatus.PENDING.value
-        ]
-        return AccountRecord(
-            id=row.id,
-            currency=row.currency,
-            name=row.name,
-            metadata=copy.deepcopy(row.metadata),
-            allow_overdraft=row.allow_overdraft,
-            is_system=row.is_system,
-            posted=row.balance,
-            pending_in=sum(t.amount for t in pending if t.destination_account_id == row.id),
-            pending_out=sum(t.amount for t in pending if t.source_account_id == row.id),
-            created_at=row.created_at,
-        )
+        s = self._s
+        _require(id not in s.accounts, "pk_accounts")
+        row = AccountRow(id, currency, f"{currency} system account", {}, True, True, 0, self._now)
+        self._uow.wrote()
+        s.accounts[id] = row
 
     def get(self, account_id: str) -> AccountRecord | None:
-        row = self._s.accounts.get(account_id)
-        return None if row is None else self._record(row)
+        s = self._statement("get")
+        row = s.accounts.get(account_id)
+        return None if row is None else _account_record(s, row)
 
     def list_page(self, *, after_id: str | None, limit: int) -> list[AccountRecord]:
-        rows = sorted(self._s.accounts.values(), key=lambda a: a.id)
+        s = self._statement("list_page")
+        rows = sorted(s.accounts.values(), key=lambda a: a.id)
         if after_id is not None:
             rows = [a for a in rows if a.id > after_id]
-        return [self._record(a) for a in rows[:limit]]
+        return [_account_record(s, a) for a in rows[:limit]]
 
-    def states(self, account_ids: Iterable[str]) -> dict[str, AccountState]:
-        wanted = set(account_ids)
+    def facts(self, account_ids: Collection[str]) -> dict[str, AccountFacts]:
+        s = self._statement("facts")
+        return {i: _facts(s.accounts[i]) for i in account_ids if i in s.accounts}
+
+    def system_facts(self, currency: str) -> AccountFacts | None:
+        s = self._statement("system_facts")
+        for row in s.accounts.values():
+            if row.is_system and row.currency == currency:
+                return _facts(row)
+        return None
+
+    def lock(self, account_ids: Collection[str]) -> dict[str, AccountState]:
+        # FOR NO KEY UPDATE in ascending id order: a holder makes this wait.
+        ids = sorted(set(account_ids))
+        existing = [i for i in ids if i in self._statement("lock").accounts]
+        for account_id in existing:
+            self._uow.lock_row("accounts", account_id)
+        s = self._s
         return {
-            a.id: AccountState(a.id, a.currency, a.balance, a.allow_overdraft, a.is_system)
-            for a in self._s.accounts.values()
-            if a.id in wanted
+            i: AccountState(
+                i,
+                s.accounts[i].currency,
+                s.accounts[i].balance,
+                s.accounts[i].allow_overdraft,
+                s.accounts[i].is_system,
+            )
+            for i in existing
+            if i in s.accounts
         }
 
-    def lock(self, account_ids: Sequence[str]) -> dict[str, AccountState]:
-        # Like the SQL adapter, the locked states leave is_system at its default.
-        wanted = set(account_ids)
-        return {
-            a.id: AccountState(a.id, a.currency, a.balance, a.allow_overdraft)
-            for a in sorted(self._s.accounts.values(), key=lambda a: a.id)
-            if a.id in wanted
-        }
+    def set_balances(self, balances: Mapping[str, int]) -> None:
+        existing = [i for i in balances if i in self._statement("set_balances").accounts]
+        for account_id in existing:
+            self._uow.lock_row("accounts", account_id)
+        s = self._s
+        self._uow.wrote()
+        for account_id in existing:
+            # An UPDATE that matches no row changes nothing.
+            row = s.accounts[account_id]
+            row.balance = balances[account_id]
+            _check_account(s, row)
 
-    def set_balances(self, balances: dict[str, int]) -> None:
-        for account_id, balance in balances.items():
-            row = self._s.accounts.get(account_id)
-            if row is None:
-                continue  # an UPDATE that matches no row changes nothing
-            _check_int64(balance, "balance")
-            if not row.allow_overdraft and balance < 0:
-                raise FakeIntegrityError(f"ck_accounts_no_overdraft: {account_id} -> {balance}")
-            row.balance = balance
+
+# ----------------------------------------------------------------------------- transfers
+
+
+def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None) -> TransferRecord:
+    # What the SQL adapter builds from its arguments (not read back), metadata included.
+    return TransferRecord(
+        id=transfer.id,
+        kind=transfer.kind,
+        status="pending",
+        rejection_reason=None,
+        source_account_id=transfer.source_account_id,
+        destination_account_id=transfer.destination_account_id,
+        amount=transfer.amount,
+        currency=transfer.currency,
+        description=transfer.description,
+        metadata=transfer.metadata,
+        created_at=created_at,
+        posted_at=None,
+        batch_id=batch_id,
+    )
 
 
 class FakeTransfers(_Repository):
-    def add(self, record: TransferRecord, *, api_key_id: str) -> TransferRecord:
+    table = "transfers"
+
+    def _insert(self, row: TransferRow) -> None:
         s = self._s
-        if record.id in s.transfers:
-            raise FakeIntegrityError(f"duplicate transfer id {record.id}")
-        for account_id in (record.source_account_id, record.destination_account_id):
-            if account_id not in s.accounts:
-                raise FakeIntegrityError(f"fk_transfers_account: {account_id}")
-        if api_key_id not in s.api_keys:
-            raise FakeIntegrityError(f"fk_transfers_api_key_id_api_keys: {api_key_id}")
-        if record.kind not in ("deposit", "withdrawal", "transfer"):
-            raise FakeIntegrityError(f"ck_transfers_kind_known: {record.kind}")
-        if not isinstance(record.amount, int) or record.amount <= 0:
-            raise FakeIntegrityError(f"ck_transfers_amount_positive: {record.amount!r}")
-        _check_int64(record.amount, "amount")
-        if record.source_account_id == record.destination_account_id:
-            raise FakeIntegrityError("ck_transfers_distinct_accounts")
-        # Only these columns are inserted; status and timestamps come from the server.
-        stored = TransferRecord(
-            id=record.id,
-            kind=record.kind,
-            status=TransferStatus.PENDING.value,
-            rejection_reason=None,
-            source_account_id=record.source_account_id,
-            destination_account_id=record.destination_account_id,
-            amount=record.amount,
-            currency=record.currency,
-            description=record.description,
-            metadata=_json_round_trip(record.metadata),
-            created_at=self._now(),
-            posted_at=None,
-        )
-        s.transfers[record.id] = TransferRow(stored, api_key_id)
+        _require(row.id not in s.transfers, "pk_transfers")
+        row.metadata = _json(row.metadata)
+        _check_transfer(s, row)
+        s.transfers[row.id] = row
+
+    def _next_seq(self) -> int:
+        # A sequence: not rolled back with the transaction.
+        seq = self._store.next_seq
+        self._store.next_seq += 1
+        return seq
+
+    def add_pending(self, writes: Sequence[PendingWrite]) -> dict[str, TransferRecord]:
+        self._statement("add_pending")
+        stored: dict[str, TransferRecord] = {}
+        # ORDER BY api_key_id, key: seq follows key order within one statement, and a key
+        # met twice is stored once (ON CONFLICT DO NOTHING sees the statement's own rows).
+        for write in sorted(writes, key=lambda w: (w.api_key_id, w.idempotency_key)):
+            api_key_id, key, transfer = write.api_key_id, write.idempotency_key, write.transfer
+
+            def exists(state: State, api_key_id: str = api_key_id, key: str = key) -> bool:
+                return any(
+                    t.api_key_id == api_key_id and t.idempotency_key == key
+                    for t in state.transfers.values()
+                )
+
+            if not self._uow.insert_unique(("transfers.key", api_key_id, key), exists):
+                continue
+            self._uow.wrote()
+            # ADD_PENDING inserts neither group_id nor batch_id: a single transfer is no group.
+            self._insert(
+                TransferRow(
+                    id=transfer.id,
+                    seq=self._next_seq(),
+                    kind=transfer.kind,
+                    source_account_id=transfer.source_account_id,
+                    destination_account_id=transfer.destination_account_id,
+                    amount=transfer.amount,
+                    currency=transfer.currency,
+                    description=transfer.description,
+                    metadata=transfer.metadata,
+                    api_key_id=api_key_id,
+                    created_at=self._now,
+                    idempotency_key=key,
+                    request_hash=write.request_hash,
+                    shard=transfer.shard,
+                )
+            )
+            stored[transfer.id] = _accepted(transfer, self._now, None)
         return stored
 
-    def get(self, transfer_id: str) -> TransferRecord | None:
-        row = self._s.transfers.get(transfer_id)
-        return None if row is None else row.record
+    def add_batch(self, batch: NewBatch) -> BatchRecord | None:
+        self._statement("add_batch")
 
-    def get_many(self, transfer_ids: Sequence[str]) -> list[TransferRecord]:
-        wanted = set(transfer_ids)
-        return sorted(
-            (t.record for t in self._s.transfers.values() if t.record.id in wanted),
-            key=lambda r: r.id,
+        def exists(state: State) -> bool:
+            return any(
+                b.api_key_id == batch.api_key_id and b.idempotency_key == batch.idempotency_key
+                for b in state.batches.values()
+            )
+
+        key = ("transfer_batches.key", batch.api_key_id, batch.idempotency_key)
+        if not self._uow.insert_unique(key, exists):
+            return None
+        s = self._s
+        _require(batch.id not in s.batches, "pk_transfer_batches")
+        _require(batch.api_key_id in s.api_keys, "fk_transfer_batches_api_key_id_api_keys")
+        _require(1 <= len(batch.items) <= 1000, "ck_transfer_batches_item_count_range")
+        self._uow.wrote()
+        s.batches[batch.id] = BatchRow(
+            batch.id,
+            batch.api_key_id,
+            batch.idempotency_key,
+            batch.request_hash,
+            batch.atomic,
+            len(batch.items),
+            self._now,
+        )
+        for item in batch.items:  # in item order, so seq follows it
+            self._insert(
+                TransferRow(
+                    id=item.id,
+                    seq=self._next_seq(),
+                    kind=item.kind,
+                    source_account_id=item.source_account_id,
+                    destination_account_id=item.destination_account_id,
+                    amount=item.amount,
+                    currency=item.currency,
+                    description=item.description,
+                    metadata=item.metadata,
+                    api_key_id=batch.api_key_id,
+                    created_at=self._now,
+                    batch_id=batch.id,
+                    group_id=item.group_id,
+                    shard=item.shard,
+                )
+            )
+        return BatchRecord(
+            batch.id,
+            batch.atomic,
+            self._now,
+            [_accepted(i, self._now, batch.id) for i in batch.items],
         )
 
-    def lock_pending(self, transfer_ids: Sequence[str]) -> list[TransferToPost]:
-        wanted = set(transfer_ids)
-        return [
-            TransferToPost(r.id, r.source_account_id, r.destination_account_id, r.amount)
-            for r in sorted((t.record for t in self._s.transfers.values()), key=lambda r: r.id)
-            if r.id in wanted and r.status == TransferStatus.PENDING.value
-        ]
+    def by_idempotency_keys(
+        self, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], KeyedRecord]:
+        s = self._statement("by_idempotency_keys")
+        wanted = set(keys)
+        found: dict[tuple[str, str], KeyedRecord] = {}
+        for t in s.transfers.values():
+            if t.idempotency_key is not None and (t.api_key_id, t.idempotency_key) in wanted:
+                assert t.request_hash is not None
+                found[(t.api_key_id, t.idempotency_key)] = KeyedRecord(t.request_hash, t.record())
+        return found
 
-    def finalize(self, outcomes: Sequence[Outcome]) -> None:
-        now = self._now()
-        for outcome in outcomes:
-            row = self._s.transfers.get(outcome.transfer_id)
-            if row is None or row.record.status != TransferStatus.PENDING.value:
+    def batch_by_idempotency_key(self, api_key_id: str, key: str) -> KeyedRecord | None:
+        s = self._statement("batch_by_idempotency_key")
+        for b in s.batches.values():
+            if b.api_key_id == api_key_id and b.idempotency_key == key:
+                return KeyedRecord(b.request_hash, self._batch(s, b))
+        return None
+
+    def get(self, transfer_id: str) -> TransferRecord | None:
+        row = self._statement("get").transfers.get(transfer_id)
+        return None if row is None else row.record()
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        s = self._statement("get_batch")
+        row = s.batches.get(batch_id)
+        return None if row is None else self._batch(s, row)
+
+    @staticmethod
+    def _batch(s: State, row: BatchRow) -> BatchRecord:
+        items = [t.record() for t in s.by_seq() if t.batch_id == row.id]
+        return BatchRecord(row.id, row.atomic, row.created_at, items)
+
+    def claim(self, *, shard: int, limit: int, only_ids: Sequence[str] | None = None) -> Claim:
+        s = self._statement("claim")
+        candidates = [t for t in s.by_seq() if t.claimable]
+        if only_ids is None:
+            candidates = [
+                t
+                for t in candidates
+                if t.shard == shard
+                and (t.posting_retry_at is None or t.posting_retry_at <= self._now)
+            ]
+        else:
+            # CLAIM_IDS: any shard, due or not (tools, tests and bisection name transfers).
+            wanted = set(only_ids)
+            candidates = [t for t in candidates if t.id in wanted]
+        # LIMIT ... FOR NO KEY UPDATE SKIP LOCKED: rows another transaction holds are
+        # passed by, and the limit counts the rows this one gets.
+        rows: list[TransferRow] = []
+        for t in candidates:
+            if len(rows) >= limit:
+                break
+            if self._uow.lock_row("transfers", t.id, skip_locked=True):
+                rows.append(t)
+        if not rows:
+            return Claim([], now=self._now)
+        kept: list[TransferRow] = []
+        size = 0
+        for row in rows:
+            unit_size = 1 if row.group_id is None else s.batches[row.batch_id or ""].item_count
+            if kept and size + unit_size > limit:
+                break  # heads cut off here stay locked until this transaction ends
+            kept.append(row)
+            size += unit_size
+        full = len(rows) >= limit or len(kept) < len(rows)
+        heads = {row.id for row in kept if row.group_id is not None}
+        member_ids = [
+            t.id
+            for t in s.by_seq()
+            if t.group_id in heads and t.id != t.group_id and t.status == "pending"
+        ]
+        for member_id in member_ids:
+            self._uow.lock_row("transfers", member_id)  # no SKIP LOCKED: only heads' holders
+        s = self._s
+        members: dict[str, list[ClaimedTransfer]] = {}
+        for member_id in member_ids:
+            member = s.transfers[member_id]
+            assert member.group_id is not None
+            members.setdefault(member.group_id, []).append(member.claimed())
+        transfers: list[ClaimedTransfer] = []
+        for row in kept:
+            transfers.append(s.transfers[row.id].claimed())
+            transfers += members.get(row.id, []) if row.group_id is not None else []
+        return Claim(transfers, now=self._now, full=full)
+
+    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
+        s = self._statement("finalize")
+        pending = [
+            o
+            for o in outcomes
+            if o.transfer_id in s.transfers and s.transfers[o.transfer_id].status == "pending"
+        ]
+        for outcome in pending:
+            self._uow.lock_row("transfers", outcome.transfer_id)
+        s = self._s
+        if not outcomes:
+            return []
+        self._uow.wrote()
+        final: list[TransferRow] = []
+        for outcome in pending:
+            row = s.transfers[outcome.transfer_id]
+            if row.status != "pending":
                 continue
             if isinstance(outcome, Posted):
-                row.record = replace(row.record, status="posted", posted_at=now)
+                row.status, row.rejection_reason, row.posted_at = "posted", None, now
             else:
-                row.record = replace(
-                    row.record, status="rejected", rejection_reason=outcome.reason.value
-                )
-            row.finalized_at = now
+                row.status, row.rejection_reason = "rejected", outcome.reason.value
+                row.posted_at = None
+            # clock_timestamp() in the SQL: the fake's clock.
+            row.finalized_at = self._store.now()
+            row.posting_retry_at = None
+            _check_transfer(s, row)
+            final.append(row)
+        # The same statement writes the outbox, from the rows it finalized: an event per
+        # transfer, a delivery per enabled endpoint that matches it.
+        endpoints = [
+            e.record()
+            for e in sorted(s.endpoints.values(), key=lambda e: e.id)
+            if e.status == EndpointStatus.ENABLED.value and e.deleted_at is None
+        ]
+        enqueued_until = outbox.time + timedelta(seconds=outbox.requeue_after_seconds)
+        delivery_ids: list[str] = []
+        for row in final:
+            event_type = f"transfer.{row.status}"
+            event_id = new_id("evt")
+            _require(all(e.transfer_id != row.id for e in s.events.values()), "uq_events_transfer")
+            payload = event_payload(event_id, event_type, outbox.time, row.record())
+            s.events[event_id] = EventRow(event_id, event_type, row.id, payload, outbox.time)
+            accounts = {row.source_account_id, row.destination_account_id}
+            for endpoint in endpoints:
+                if endpoint_matches(endpoint, event_type, accounts):
+                    delivery_id = new_id("wd")
+                    s.deliveries[delivery_id] = DeliveryRow(
+                        delivery_id,
+                        event_id,
+                        endpoint.id,
+                        next_attempt_at=outbox.time,
+                        enqueued_until=enqueued_until,
+                        created_at=outbox.time,
+                    )
+                    delivery_ids.append(delivery_id)
+        return delivery_ids
 
-    def stale_pending_ids(self, *, older_than: datetime, limit: int) -> list[str]:
-        rows = sorted(
-            (
-                t.record
-                for t in self._s.transfers.values()
-                if t.record.status == TransferStatus.PENDING.value
-                and t.record.created_at is not None
-                and t.record.created_at < older_than
-            ),
-            key=lambda r: r.created_at or datetime.min.replace(tzinfo=UTC),
-        )
-        return [r.id for r in rows[:limit]]
+    def record_posting_failure(
+        self,
+        transfer_ids: Sequence[str],
+        *,
+        error: str,
+        attempts_max: int,
+        retry_delays_seconds: Sequence[float],
+    ) -> list[str]:
+        s = self._statement("record_posting_failure")
+        ids = [
+            i
+            for i in dict.fromkeys(transfer_ids)
+            if i in s.transfers and s.transfers[i].status == "pending"
+        ]
+        for transfer_id in ids:
+            self._uow.lock_row("transfers", transfer_id)
+        s = self._s
+        self._uow.wrote()
+        delays = [float(d) for d in retry_delays_seconds]
+        quarantined: list[str] = []
+        for transfer_id in ids:
+            row = s.transfers[transfer_id]
+            attempts = row.posting_attempts + 1
+            row.posting_attempts = attempts
+            row.posting_error = error
+            if attempts >= attempts_max:
+                row.status = "quarantined"
+                quarantined.append(transfer_id)
+            # delays[least(attempts, cardinality)], 1-based; an empty array gives NULL.
+            row.posting_retry_at = (
+                self._now + timedelta(seconds=delays[min(attempts, len(delays)) - 1])
+                if delays
+                else None
+            )
+            _check_transfer(s, row)
+        return quarantined
 
-    # Test helper: backdate a transfer, as if it was accepted long ago.
-    def backdate(self, transfer_id: str, seconds: float) -> None:
-        row = self._s.transfers[transfer_id]
-        assert row.record.created_at is not None
-        row.record = replace(
-            row.record, created_at=row.record.created_at - timedelta(seconds=seconds)
-        )
+    def stale_shards(self, *, older_than: datetime) -> dict[int, int]:
+        s = self._statement("stale_shards")
+        # A plain SELECT: rows other transactions hold are counted too.
+        stale = [
+            t
+            for t in s.by_seq()
+            if t.claimable
+            and t.created_at < older_than
+            and (t.posting_retry_at is None or t.posting_retry_at <= self._now)
+        ][:stale_scan_rows_max]
+        counts: dict[int, int] = {}
+        for t in stale:
+            counts[t.shard] = counts.get(t.shard, 0) + 1
+        return counts
+
+    def release_quarantined(self, transfer_id: str) -> bool:
+        s = self._statement("release_quarantined")
+        named = s.transfers.get(transfer_id)
+        if named is None:
+            return False
+        # As RELEASE: the named transfer, and the rest of its atomic group with it.
+        group_id = named.group_id
+        ids = [
+            row_id
+            for row_id, row in s.transfers.items()
+            if row.status == "quarantined"
+            and (row_id == transfer_id or (group_id is not None and row.group_id == group_id))
+        ]
+        if not ids:
+            return False
+        for row_id in ids:
+            self._uow.lock_row("transfers", row_id)
+        self._uow.wrote()
+        for row_id in ids:
+            row = self._s.transfers[row_id]
+            row.status, row.posting_attempts, row.posting_retry_at = "pending", 0, None
+            _check_transfer(self._s, row)
+        return True
+
+
+# ----------------------------------------------------------------------------- entries
 
 
 class FakeEntries(_Repository):
+    table = "entries"
+
     def add_posted(self, outcomes: Sequence[Outcome]) -> None:
-        s = self._s
+        s = self._statement("add_posted")
         for outcome in outcomes:
-            if not isinstance(outcome, Posted):
-                continue
-            for entry in (outcome.debit, outcome.credit):
-                if entry.amount == 0:
-                    raise FakeIntegrityError("ck_entries_amount_nonzero")
-                if entry.transfer_id not in s.transfers or entry.account_id not in s.accounts:
-                    raise FakeIntegrityError("fk_entries")
-                _check_int64(entry.amount, "entry amount")
-                _check_int64(entry.balance_after, "balance_after")
-                if any(
-                    e.transfer_id == entry.transfer_id and e.account_id == entry.account_id
-                    for e in s.entries
-                ):
-                    raise FakeIntegrityError("uq_entries_transfer_id_account_id")
-                s.entries.append(
-                    EntryRecord(
-                        id=s.next_entry_id,
-                        transfer_id=entry.transfer_id,
-                        account_id=entry.account_id,
-                        amount=entry.amount,
-                        balance_after=entry.balance_after,
-                        created_at=self._now(),
-                    )
+            poison = self._store.poisoned.get(outcome.transfer_id)
+            if poison is not None:
+                raise poison
+        entries = [e for o in outcomes if isinstance(o, Posted) for e in o.entries]
+        if not entries:
+            return
+        self._uow.wrote()
+        seen = {(e.transfer_id, e.account_id) for e in s.entries}
+        for entry in entries:
+            _require(_in_range(entry.amount, INT64_MIN, INT64_MAX), "entries.amount bigint")
+            _require(entry.amount != 0, "ck_entries_amount_nonzero")
+            _require(
+                _in_range(entry.balance_after, -NUMERIC_39_MAX, NUMERIC_39_MAX),
+                "entries.balance_after numeric",
+            )
+            _require(entry.transfer_id in s.transfers, "fk_entries_transfer_id_transfers")
+            _require(entry.account_id in s.accounts, "fk_entries_account_id_accounts")
+            pair = (entry.transfer_id, entry.account_id)
+            _require(pair not in seen, "uq_entries_transfer_id_account_id")
+            seen.add(pair)
+            entry_id = self._store.next_entry_id
+            self._store.next_entry_id += 1
+            s.entries.append(
+                EntryRecord(
+                    entry_id,
+                    entry.transfer_id,
+                    entry.account_id,
+                    entry.amount,
+                    entry.balance_after,
+                    self._now,
                 )
-                s.next_entry_id += 1
+            )
 
     def list_page(self, account_id: str, *, after_id: int | None, limit: int) -> list[EntryRecord]:
-        rows = sorted(
-            (e for e in self._s.entries if e.account_id == account_id), key=lambda e: e.id
-        )
+        s = self._statement("list_page")
+        rows = sorted((e for e in s.entries if e.account_id == account_id), key=lambda e: e.id)
         if after_id is not None:
             rows = [e for e in rows if e.id > after_id]
         return rows[:limit]
 
 
+# ----------------------------------------------------------------------------- keys
+
+
 class FakeIdempotency(_Repository):
+    table = "idempotency"
+
     def get(
         self, api_key_id: str, key: str, *, ttl_seconds: int
     ) -> tuple[StoredResponse, float] | None:
-        row = self._s.idempotency.get((api_key_id, key))
-        if row is None or row.created_at < self._now() - timedelta(seconds=ttl_seconds):
+        s = self._statement("get")
+        row = s.idempotency.get((api_key_id, key))
+        if row is None or row.created_at < self._now - timedelta(seconds=ttl_seconds):
             return None
-        expires_in = (row.created_at + timedelta(seconds=ttl_seconds) - self._now()).total_seconds()
+        expires_in = (row.created_at + timedelta(seconds=ttl_seconds) - self._now).total_seconds()
         return (row.request_hash, row.status_code, copy.deepcopy(row.response_body)), expires_in
 
     def put(
@@ -465,81 +1292,408 @@ class FakeIdempotency(_Repository):
         status_code: int,
         response_body: dict[str, Any],
     ) -> None:
-        if api_key_id not in self._s.api_keys:
-            raise FakeIntegrityError(f"fk_idempotency_keys_api_key_id_api_keys: {api_key_id}")
-        self._s.idempotency[(api_key_id, key)] = IdempotencyRow(
-            request_hash, status_code, _json_round_trip(response_body), self._now()
+        self._statement("put")
+        inserted = self._uow.insert_unique(
+            ("idempotency_keys", api_key_id, key),
+            lambda state: (api_key_id, key) in state.idempotency,
+        )
+        s = self._s
+        _require(api_key_id in s.api_keys, "fk_idempotency_keys_api_key_id_api_keys")
+        existing = s.idempotency.get((api_key_id, key))
+        expired_before = self._now - timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+        if not inserted and (existing is None or existing.created_at >= expired_before):
+            return  # ON CONFLICT DO UPDATE ... WHERE expired: a live response is kept
+        self._uow.wrote()
+        s.idempotency[(api_key_id, key)] = IdempotencyRow(
+            request_hash, status_code, _json(response_body), self._now
         )
 
     def prune(self, *, older_than: datetime) -> int:
-        old = [k for k, row in self._s.idempotency.items() if row.created_at < older_than]
+        s = self._statement("prune")
+        old = [k for k, row in s.idempotency.items() if row.created_at < older_than]
+        if old:
+            self._uow.wrote()
         for k in old:
-            del self._s.idempotency[k]
+            del s.idempotency[k]
         return len(old)
 
 
 class FakeApiKeys(_Repository):
+    table = "api_keys"
+
     def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None:
-        if scope not in ("read", "write", "admin"):
-            raise FakeIntegrityError(f"ck_api_keys_scope_known: {scope}")
-        if id in self._s.api_keys or any(k.key_hash == key_hash for k in self._s.api_keys.values()):
-            raise FakeIntegrityError("duplicate api key")
-        self._s.api_keys[id] = ApiKeyRow(id, name, scope, key_hash, self._now())
+        s = self._statement("add")
+        _require(scope in ("read", "write", "admin"), "ck_api_keys_scope_known")
+        _require(id not in s.api_keys, "pk_api_keys")
+        _require(all(k.key_hash != key_hash for k in s.api_keys.values()), "uq_api_keys_key_hash")
+        self._uow.wrote()
+        s.api_keys[id] = ApiKeyRow(id, name, scope, key_hash, self._now)
 
     def find_active(self, key_hash: bytes) -> tuple[str, str] | None:
-        for row in self._s.api_keys.values():
+        for row in self._statement("find_active").api_keys.values():
             if row.key_hash == key_hash and row.revoked_at is None:
                 return row.id, row.scope
         return None
 
-    # Test helper: revoke a key, as an operator would.
-    def revoke(self, key_id: str) -> None:
-        self._s.api_keys[key_id].revoked_at = self._now()
-
 
 class FakeCurrencies(_Repository):
+    table = "currencies"
+
     def custom_exponent(self, code: str) -> int | None:
-        return self._s.custom_currencies.get(code)
+        return self._statement("custom_exponent").custom_currencies.get(code)
 
     def add_custom(self, code: str, exponent: int) -> bool:
-        if not 0 <= exponent <= 18:
-            raise FakeIntegrityError("ck_custom_currencies_exponent_range")
-        if code in self._s.custom_currencies:
+        self._statement("add_custom")
+        _require(_in_range(exponent, 0, 18), "ck_custom_currencies_exponent_range")
+        if not self._uow.insert_unique(
+            ("custom_currencies", code), lambda state: code in state.custom_currencies
+        ):
             return False
+        self._uow.wrote()
         self._s.custom_currencies[code] = exponent
         return True
 
     def list_custom(self) -> list[tuple[str, int]]:
-        return sorted(self._s.custom_currencies.items())
+        return sorted(self._statement("list_custom").custom_currencies.items())
+
+
+# ----------------------------------------------------------------------------- webhooks
 
 
 class FakeEndpoints(_Repository):
-    def enabled(self) -> list[Any]:
-        return list(self._s.endpoints)
+    table = "endpoints"
+
+    def add(
+        self,
+        *,
+        id: str,
+        url: str,
+        events: list[str],
+        account_ids: list[str] | None,
+        description: str | None,
+        secret: str,
+    ) -> None:
+        s = self._statement("add")
+        _require(id not in s.endpoints, "pk_webhook_endpoints")
+        self._uow.wrote()
+        s.endpoints[id] = EndpointRow(
+            id, url, _json(events), _json(account_ids), description, secret, self._now
+        )
+
+    def get(self, endpoint_id: str) -> EndpointRecord | None:
+        row = self._statement("get").endpoints.get(endpoint_id)
+        return None if row is None or row.deleted_at is not None else row.record()
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[EndpointRecord]:
+        s = self._statement("list_page")
+        rows = sorted((e for e in s.endpoints.values() if e.deleted_at is None), key=lambda e: e.id)
+        if after_id is not None:
+            rows = [e for e in rows if e.id > after_id]
+        return [e.record() for e in rows[:limit]]
+
+    def enabled(self) -> list[EndpointRecord]:
+        s = self._statement("enabled")
+        return [
+            e.record()
+            for e in sorted(s.endpoints.values(), key=lambda e: e.id)
+            if e.status == EndpointStatus.ENABLED.value and e.deleted_at is None
+        ]
+
+    def update(self, endpoint_id: str, **values: Any) -> None:
+        self._statement("update")
+        unknown = set(values) - ENDPOINT_COLUMNS
+        if unknown:
+            raise FakeIntegrityError(f"webhook_endpoints has no column {sorted(unknown)}")
+        self._update(endpoint_id, values)
+
+    def _update(self, endpoint_id: str, values: Mapping[str, Any]) -> None:
+        if endpoint_id not in self._s.endpoints:
+            return
+        self._uow.lock_row("webhook_endpoints", endpoint_id)
+        row = self._s.endpoints[endpoint_id]
+        self._uow.wrote()
+        for name, value in values.items():
+            setattr(row, name, _json(value) if name in ("events", "account_ids") else value)
+        _require(row.status in ("enabled", "disabled"), "ck_webhook_endpoints_status_known")
+
+    def record_success(self, endpoint_id: str, now: datetime) -> None:
+        self._statement("record_success")
+        self._update(endpoint_id, {"last_success_at": now, "failing_since": None})
+
+    def record_failure(self, endpoint_id: str, now: datetime) -> None:
+        s = self._statement("record_failure")
+        row = s.endpoints.get(endpoint_id)
+        if row is not None and row.failing_since is None:
+            self._update(endpoint_id, {"failing_since": now})
 
 
 class FakeEvents(_Repository):
-    def add(self, *, id: str, type: str, transfer_id: str, payload: str, now: datetime) -> None:
-        if id in self._s.events:
-            raise FakeIntegrityError(f"duplicate event id {id}")
-        if transfer_id not in self._s.transfers:
-            raise FakeIntegrityError(f"fk_events_transfer_id_transfers: {transfer_id}")
-        json.loads(payload)  # stored as text, but it must be JSON
-        self._s.events[id] = {
-            "id": id,
-            "type": type,
-            "transfer_id": transfer_id,
-            "payload": payload,
-            "created_at": now,
-        }
+    table = "events"
+
+    def payload(self, event_id: str) -> str | None:
+        row = self._statement("payload").events.get(event_id)
+        return None if row is None else row.payload
 
 
 class FakeDeliveries(_Repository):
-    def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
-        for row in rows:
-            if row["event_id"] not in self._s.events:
-                raise FakeIntegrityError("fk_webhook_deliveries_event_id_events")
-            self._s.deliveries.append(dict(row))
+    table = "deliveries"
+
+    @staticmethod
+    def _record(s: State, row: DeliveryRow) -> DeliveryRecord:
+        return DeliveryRecord(
+            id=row.id,
+            event_id=row.event_id,
+            event_type=s.events[row.event_id].type,
+            endpoint_id=row.endpoint_id,
+            status=row.status,
+            attempts=row.attempts,
+            last_status_code=row.last_status_code,
+            last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+        )
+
+    def get(self, delivery_id: str) -> DeliveryRecord | None:
+        s = self._statement("get")
+        row = s.deliveries.get(delivery_id)
+        return None if row is None else self._record(s, row)
+
+    def list_page(
+        self, endpoint_id: str, *, after_id: str | None, limit: int
+    ) -> list[DeliveryRecord]:
+        s = self._statement("list_page")
+        rows = sorted(
+            (d for d in s.deliveries.values() if d.endpoint_id == endpoint_id), key=lambda d: d.id
+        )
+        if after_id is not None:
+            rows = [d for d in rows if d.id > after_id]
+        return [self._record(s, d) for d in rows[:limit]]
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        s = self._statement("attempts")
+        return [
+            AttemptRecord(a.attempted_at, a.status_code, a.error, a.duration_milliseconds)
+            for a in sorted(s.attempts, key=lambda a: a.id)
+            if a.delivery_id == delivery_id
+        ]
+
+    @staticmethod
+    def _due(row: DeliveryRow, now: datetime) -> bool:
+        return (
+            row.status in RETRYABLE_DELIVERIES
+            and (row.next_attempt_at is None or row.next_attempt_at <= now)
+            and (row.leased_until is None or row.leased_until < now)
+        )
+
+    def _update(self, delivery_id: str, **values: Any) -> DeliveryRow | None:
+        if delivery_id not in self._s.deliveries:
+            return None
+        self._uow.lock_row("webhook_deliveries", delivery_id)
+        row = self._s.deliveries[delivery_id]
+        self._uow.wrote()
+        for name, value in values.items():
+            setattr(row, name, value)
+        _check_delivery(row)
+        return row
+
+    def claim(
+        self, delivery_id: str, *, now: datetime, lease_until: datetime
+    ) -> ClaimedDelivery | None:
+        s = self._statement("claim")
+        row = s.deliveries.get(delivery_id)
+        if row is None:
+            return None
+        self._uow.lock_row("webhook_deliveries", delivery_id)
+        row = self._s.deliveries[delivery_id]
+        if not self._due(row, now):  # re-checked on the row as it is once locked
+            return None
+        updated = self._update(delivery_id, attempts=row.attempts + 1, leased_until=lease_until)
+        assert updated is not None
+        s = self._s
+        # The endpoint as it is, deleted or not: the use case decides what to do with it.
+        return ClaimedDelivery(
+            updated.id,
+            updated.attempts,
+            updated.event_id,
+            s.events[updated.event_id].payload,
+            s.endpoints[updated.endpoint_id].record(),
+        )
+
+    def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]:
+        s = self._statement("mark_enqueued")
+        due = [
+            d
+            for d in s.deliveries.values()
+            if self._due(d, now) and (d.enqueued_until is None or d.enqueued_until < now)
+        ]
+        # ORDER BY next_attempt_at: NULLs last, as PostgreSQL sorts them ascending.
+        due.sort(key=lambda d: (d.next_attempt_at is None, d.next_attempt_at or now))
+        ids: list[str] = []
+        for d in due:
+            if len(ids) >= limit:
+                break
+            if self._uow.lock_row("webhook_deliveries", d.id, skip_locked=True):
+                ids.append(d.id)
+        for delivery_id in ids:
+            self._update(delivery_id, enqueued_until=until)
+        return ids
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        attempted_at: datetime,
+        status_code: int | None,
+        error: str | None,
+        duration_milliseconds: int,
+        decision: AttemptDecision,
+    ) -> None:
+        s = self._statement("record_attempt")
+        _require(delivery_id in s.deliveries, "fk_webhook_attempts_delivery_id")
+        self._uow.wrote()
+        s.attempts.append(
+            AttemptRow(
+                self._store.next_attempt_id,
+                delivery_id,
+                attempted_at,
+                status_code,
+                error,
+                duration_milliseconds,
+            )
+        )
+        self._store.next_attempt_id += 1
+        self._update(
+            delivery_id,
+            status=decision.status.value,
+            next_attempt_at=decision.next_attempt_at,
+            leased_until=None,
+            enqueued_until=None,
+            last_status_code=status_code,
+            last_error=error,
+        )
+
+    def abandon(self, delivery_id: str, *, error: str) -> None:
+        self._statement("abandon")
+        self._update(
+            delivery_id,
+            status=DeliveryStatus.ABANDONED.value,
+            next_attempt_at=None,
+            leased_until=None,
+            enqueued_until=None,
+            last_error=error,
+        )
+
+    def abandon_for_endpoint(self, endpoint_id: str, *, error: str) -> None:
+        s = self._statement("abandon_for_endpoint")
+        for d in [
+            d
+            for d in s.deliveries.values()
+            if d.endpoint_id == endpoint_id and d.status in RETRYABLE_DELIVERIES
+        ]:
+            self._update(
+                d.id, status=DeliveryStatus.ABANDONED.value, next_attempt_at=None, last_error=error
+            )
+
+    def schedule_now(self, delivery_id: str, *, now: datetime, enqueued_until: datetime) -> bool:
+        s = self._statement("schedule_now")
+        row = s.deliveries.get(delivery_id)
+        if row is None or not (row.leased_until is None or row.leased_until < now):
+            return False
+        self._update(
+            delivery_id,
+            status=DeliveryStatus.PENDING.value,
+            next_attempt_at=now,
+            enqueued_until=enqueued_until,
+        )
+        return True
+
+
+# ----------------------------------------------------------------------------- books
+
+
+def _seconds_bigint(delta: timedelta) -> int:
+    # extract(epoch ...)::bigint rounds half away from zero.
+    seconds = delta.total_seconds()
+    return int(seconds + 0.5) if seconds >= 0 else -int(-seconds + 0.5)
+
+
+class FakeBooks(_Repository):
+    """books_checks.CHECKS, rule by rule, read from one copy (one snapshot)."""
+
+    table = "books"
+
+    def violations(
+        self, *, pending_age_max_seconds: float, delivery_overdue_max_seconds: float
+    ) -> Violations:
+        s = self._statement("violations")
+        now = self._now
+        by_transfer: dict[str, list[EntryRecord]] = {}
+        by_account: dict[str, list[EntryRecord]] = {}
+        for e in s.entries:
+            by_transfer.setdefault(e.transfer_id, []).append(e)
+            by_account.setdefault(e.account_id, []).append(e)
+        by_currency: dict[str, int] = {}
+        for e in s.entries:
+            currency = s.accounts[e.account_id].currency
+            by_currency[currency] = by_currency.get(currency, 0) + e.amount
+        accounts = sorted(s.accounts.values(), key=lambda a: a.id)
+        transfers = sorted(s.transfers.values(), key=lambda t: t.id)
+
+        def count(t: TransferRow) -> int:
+            return len(by_transfer.get(t.id, []))
+
+        def total(account_id: str) -> int:
+            return sum(e.amount for e in by_account.get(account_id, []))
+
+        overdue_before = now - timedelta(seconds=delivery_overdue_max_seconds)
+        return {
+            "transfer_entries_do_not_sum_to_zero": [
+                (transfer_id, sum(e.amount for e in rows))
+                for transfer_id, rows in sorted(by_transfer.items())
+                if sum(e.amount for e in rows) != 0
+            ],
+            "posted_transfer_without_two_entries": [
+                (t.id, count(t))
+                for t in transfers
+                if ((t.status == "posted") != (count(t) == 2))
+                or (t.status != "posted" and count(t) > 0)
+            ],
+            "currency_entries_do_not_sum_to_zero": [
+                (currency, amount) for currency, amount in sorted(by_currency.items()) if amount
+            ],
+            "balance_differs_from_entries": [
+                (a.id, a.balance - total(a.id)) for a in accounts if a.balance != total(a.id)
+            ],
+            "balance_differs_from_last_balance_after": [
+                (a.id, a.balance - last.balance_after)
+                for a in accounts
+                if a.id in by_account
+                for last in (max(by_account[a.id], key=lambda e: e.id),)
+                if a.balance != last.balance_after
+            ],
+            "negative_balance_without_overdraft": [
+                (a.id, a.balance) for a in accounts if a.balance < 0 and not a.allow_overdraft
+            ],
+            "transfer_pending_too_long": [
+                (t.id, _seconds_bigint(now - t.created_at))
+                for t in transfers
+                if t.status == "pending"
+                and t.created_at < now - timedelta(seconds=pending_age_max_seconds)
+            ],
+            "transfer_quarantined": [
+                (t.id, t.posting_attempts) for t in transfers if t.status == "quarantined"
+            ],
+            "webhook_delivery_overdue": [
+                (d.id, _seconds_bigint(now - d.next_attempt_at))
+                for d in sorted(s.deliveries.values(), key=lambda d: d.id)
+                if d.status in RETRYABLE_DELIVERIES
+                and d.next_attempt_at is not None
+                and d.next_attempt_at < overdue_before
+            ],
+        }
+
+
+# ----------------------------------------------------------------------------- services
 
 
 class FakeIdempotencyCache:
@@ -567,31 +1721,119 @@ class FakeIdempotencyCache:
     def forget(self) -> None:
         """Lose everything, as Redis may after a restart."""
         self.data.clear()
+        self.ttls.clear()
 
 
-@dataclass
-class EnqueueCall:
-    transfer_id: str
-    committed_status: str | None  # the transfer's status in committed state, if committed
+@dataclass(frozen=True)
+class WakeCall:
+    shard: int
     open_units_of_work: int
+    # Committed PENDING transfers of that shard when the wake-up was sent.
+    committed_pending: frozenset[str]
 
 
-class RecordingEnqueue:
-    """An EnqueuePosting that records what the database looked like when it was called."""
+class RecordingWake:
+    """A WakePosting that records what the database looked like when it was called."""
 
     def __init__(self, store: FakeStore, *, fail_with: Exception | None = None) -> None:
         self._store = store
         self._fail_with = fail_with
-        self.calls: list[EnqueueCall] = []
+        self.calls: list[WakeCall] = []
 
-    def __call__(self, transfer_id: str) -> None:
-        row = self._store.state.transfers.get(transfer_id)
-        self.calls.append(
-            EnqueueCall(
-                transfer_id,
-                None if row is None else row.record.status,
-                len(self._store.open_uows),
-            )
+    def __call__(self, shard: int) -> None:
+        pending = frozenset(
+            t.id
+            for t in self._store.state.transfers.values()
+            if t.status == "pending" and t.shard == shard
         )
+        self.calls.append(WakeCall(shard, len(self._store.open_uows), pending))
         if self._fail_with is not None:
             raise self._fail_with
+
+    @property
+    def shards(self) -> list[int]:
+        return [c.shard for c in self.calls]
+
+
+class RecordingMetrics:
+    """A Metrics that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.finalized: list[dict[str, int]] = []
+        self.batches: list[int] = []
+        self.failures: list[str] = []
+        self.webhook_attempts: list[str] = []
+
+    def transfers_finalized(
+        self, counts_by_status: Mapping[str, int], latencies_seconds: Sequence[float]
+    ) -> None:
+        self.finalized.append(dict(counts_by_status))
+
+    def posting_batch(self, size: int, duration_seconds: float) -> None:
+        self.batches.append(size)
+
+    def posting_failed(self, kind: str) -> None:
+        self.failures.append(kind)
+
+    def webhook_attempt(self, outcome: str) -> None:
+        self.webhook_attempts.append(outcome)
+
+
+def counted(store: FakeStore, name: str) -> int:
+    """How many times a repository method was called, e.g. counted(store, "transfers.claim")."""
+    return store.calls.count(name)
+
+
+def with_status(store: FakeStore, status: str) -> list[TransferRow]:
+    return [t for t in store.state.by_seq() if t.status == status]
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the fakes implement every protocol of the ports, exactly as
+    # ledger_core/adapters/sql.py checks the SQL adapters.
+    from ledger_core.service_layer import ports
+
+    def _implements_protocols(factory: FakeStore) -> ports.UnitOfWorkFactory:
+        return factory
+
+    def _uow(uow: FakeUnitOfWork) -> ports.UnitOfWork:
+        return uow
+
+    def _accounts(repository: FakeAccounts) -> ports.AccountRepository:
+        return repository
+
+    def _transfers(repository: FakeTransfers) -> ports.TransferRepository:
+        return repository
+
+    def _entries(repository: FakeEntries) -> ports.EntryRepository:
+        return repository
+
+    def _idempotency(repository: FakeIdempotency) -> ports.IdempotencyRepository:
+        return repository
+
+    def _api_keys(repository: FakeApiKeys) -> ports.ApiKeyRepository:
+        return repository
+
+    def _currencies(repository: FakeCurrencies) -> ports.CurrencyRepository:
+        return repository
+
+    def _endpoints(repository: FakeEndpoints) -> ports.EndpointRepository:
+        return repository
+
+    def _events(repository: FakeEvents) -> ports.EventRepository:
+        return repository
+
+    def _deliveries(repository: FakeDeliveries) -> ports.DeliveryRepository:
+        return repository
+
+    def _books(repository: FakeBooks) -> ports.BooksChecks:
+        return repository
+
+    def _cache(cache: FakeIdempotencyCache) -> ports.IdempotencyCache:
+        return cache
+
+    def _wake(wake: RecordingWake) -> ports.WakePosting:
+        return wake
+
+    def _metrics(metrics: RecordingMetrics) -> ports.Metrics:
+        return metrics

@@ -1,5 +1,6 @@
 """check_transfer refuses every malformed request with its own AcceptError for each kind of
-transfer, and amount_is_valid accepts exactly the ints from 1 to 2**63-1 that are not bools."""
+transfer, amount_is_valid accepts exactly the ints from 1 to 2**63-1 that are not bools, and
+posting_shard puts every transfer out of one account on one stable shard."""
 
 from __future__ import annotations
 
@@ -11,21 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger_core.domain import limits
-from ledger_core.domain.model import (
-    AcceptError,
-    AccountState,
-    TransferKind,
-    amount_is_valid,
-    check_transfer,
-)
+from ledger_core.domain.model import AcceptError, AccountFacts, TransferKind
+from ledger_core.domain.rules import amount_is_valid, check_transfer, posting_shard
 
 INT64_MAX = 2**63 - 1
 
-ALICE = AccountState("acc_alice", "USD", 100, False)
-BOB = AccountState("acc_bob", "USD", 0, False)
-CLAIRE_EUR = AccountState("acc_claire", "EUR", 0, False)
-USD_SYSTEM = AccountState("acc_sys_usd", "USD", 0, True, is_system=True)
-EUR_SYSTEM = AccountState("acc_sys_eur", "EUR", 0, True, is_system=True)
+ALICE = AccountFacts("acc_alice", "USD", allow_overdraft=False)
+BOB = AccountFacts("acc_bob", "USD", allow_overdraft=False)
+CLAIRE_EUR = AccountFacts("acc_claire", "EUR", allow_overdraft=False)
+USD_SYSTEM = AccountFacts("acc_sys_usd", "USD", allow_overdraft=True, is_system=True)
+EUR_SYSTEM = AccountFacts("acc_sys_eur", "EUR", allow_overdraft=True, is_system=True)
 
 DEPOSIT, WITHDRAWAL, TRANSFER = TransferKind.DEPOSIT, TransferKind.WITHDRAWAL, TransferKind.TRANSFER
 
@@ -97,9 +93,11 @@ def test_currency_is_compared_before_the_amount():
     assert check_transfer(TRANSFER, ALICE, CLAIRE_EUR, 0) == AcceptError.CURRENCY_MISMATCH
 
 
-def test_balances_and_overdraft_play_no_part_at_accept_time():
-    broke = AccountState("acc_broke", "USD", 0, False)
-    assert check_transfer(TRANSFER, broke, BOB, INT64_MAX) is None
+def test_overdraft_plays_no_part_at_accept_time():
+    # Accepting reads no balance: whether the money is there is decided when posting.
+    assert check_transfer(TRANSFER, ALICE, BOB, INT64_MAX) is None
+    lender = AccountFacts("acc_lender", "USD", allow_overdraft=True)
+    assert check_transfer(TRANSFER, lender, BOB, INT64_MAX) is None
 
 
 def test_accept_error_codes_are_the_documented_strings():
@@ -167,3 +165,37 @@ def test_well_formed_pair_is_refused_only_for_its_amount(kind, amount):
     }[kind]
     expected = None if amount_is_valid(amount) else AcceptError.AMOUNT_OUT_OF_RANGE
     assert check_transfer(kind, source, destination, amount) == expected
+
+
+# posting_shard
+
+
+def test_one_shard_is_always_shard_zero():
+    assert {posting_shard(f"acc_{n}", 1) for n in range(200)} == {0}
+
+
+@pytest.mark.parametrize(
+    ("account_id", "shards", "shard"),
+    # crc32 values, pinned: hash() would differ between processes, and the API and the
+    # workers must agree on where a transfer goes.
+    [("acc_alice", 8, 1), ("acc_bob", 8, 0), ("acc_carol", 8, 5), ("acc_carol", 16, 5)],
+)
+def test_shard_is_crc32_of_the_debited_account(account_id, shards, shard):
+    assert posting_shard(account_id, shards) == shard
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.text(max_size=40), st.integers(1, 64))
+def test_shard_is_stable_and_in_range(account_id, shards):
+    shard = posting_shard(account_id, shards)
+    assert 0 <= shard < shards
+    assert posting_shard(account_id, shards) == shard
+
+
+def test_accounts_spread_over_every_shard():
+    shards = 8
+    counts = [0] * shards
+    for n in range(800):
+        counts[posting_shard(f"acc_{n:04}", shards)] += 1
+    # Roughly even: a hot shard would make one worker post for everyone.
+    assert min(counts) >= 50

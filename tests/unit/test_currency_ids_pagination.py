@@ -21,10 +21,17 @@ from ledger_core.domain.currency import (
 from ledger_core.domain.ids import (
     ACCOUNT_PREFIX,
     API_KEY_PREFIX,
+    BATCH_PREFIX,
     TRANSFER_PREFIX,
     new_id,
 )
-from ledger_core.domain.records import AccountRecord, EntryRecord, TransferRecord, iso_utc
+from ledger_core.domain.records import (
+    AccountRecord,
+    BatchRecord,
+    EntryRecord,
+    TransferRecord,
+    iso_utc,
+)
 from ledger_core.service_layer.pagination import (
     InvalidCursorError,
     Page,
@@ -138,14 +145,19 @@ def test_well_formed_non_iso_codes_are_accepted(code, exponent):
 # --- Ids ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", [ACCOUNT_PREFIX, TRANSFER_PREFIX, API_KEY_PREFIX])
+@pytest.mark.parametrize("prefix", [ACCOUNT_PREFIX, TRANSFER_PREFIX, API_KEY_PREFIX, BATCH_PREFIX])
 def test_id_is_prefix_then_12_hex_milliseconds_then_16_hex_random(prefix):
     identifier = new_id(prefix, now_ms=0xABC)
     assert re.fullmatch(rf"{prefix}_000000000abc[0-9a-f]{{16}}", identifier)
 
 
 def test_prefixes():
-    assert (ACCOUNT_PREFIX, TRANSFER_PREFIX, API_KEY_PREFIX) == ("acc", "tr", "key")
+    assert (ACCOUNT_PREFIX, TRANSFER_PREFIX, API_KEY_PREFIX, BATCH_PREFIX) == (
+        "acc",
+        "tr",
+        "key",
+        "bat",
+    )
 
 
 def test_id_without_a_clock_uses_the_current_time():
@@ -337,6 +349,7 @@ def test_transfer_json_shape():
         "currency": "USD",
         "description": "salary",
         "metadata": {},
+        "batch_id": None,
         "created_at": "2024-05-01T12:30:45.123456Z",
         "posted_at": None,
     }
@@ -366,3 +379,71 @@ def test_entry_json_shape():
         "balance_after": 1500,
         "created_at": "2024-05-01T12:30:45.123456Z",
     }
+
+
+def test_as_accepted_shows_a_transfer_as_its_accept_response_did():
+    record = TransferRecord(
+        id="tr_1",
+        kind="withdrawal",
+        status="rejected",
+        rejection_reason="insufficient_funds",
+        source_account_id="acc_1",
+        destination_account_id="acc_sys",
+        amount=5,
+        currency="USD",
+        description=None,
+        metadata={},
+        created_at=MOMENT,
+        posted_at=None,
+        batch_id="bat_1",
+    )
+    accepted = record.as_accepted()
+    assert (accepted.status, accepted.rejection_reason, accepted.posted_at) == (
+        "pending",
+        None,
+        None,
+    )
+    assert (accepted.id, accepted.created_at, accepted.batch_id) == ("tr_1", MOMENT, "bat_1")
+
+
+def batch_item(n: int, status: str) -> TransferRecord:
+    return TransferRecord(
+        id=f"tr_{n}",
+        kind="deposit",
+        status=status,
+        rejection_reason="insufficient_funds" if status == "rejected" else None,
+        source_account_id="acc_sys",
+        destination_account_id="acc_1",
+        amount=n,
+        currency="USD",
+        description=None,
+        metadata={},
+        created_at=MOMENT,
+        posted_at=MOMENT if status == "posted" else None,
+        batch_id="bat_1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("statuses", "status"),
+    [
+        (["pending", "posted"], "pending"),
+        (["posted", "rejected"], "completed"),
+        # Quarantined items wait for an operator, not for posting: the batch is done.
+        (["posted", "quarantined"], "completed"),
+    ],
+)
+def test_batch_json_counts_its_items_and_is_complete_once_none_is_pending(statuses, status):
+    items = [batch_item(n, s) for n, s in enumerate(statuses, start=1)]
+    body = BatchRecord("bat_1", True, MOMENT, items).to_json()
+    assert body["object"] == "transfer_batch"
+    assert (body["id"], body["atomic"], body["status"]) == ("bat_1", True, status)
+    expected = {"pending": 0, "posted": 0, "rejected": 0, "quarantined": 0}
+    for s in statuses:
+        expected[s] += 1
+    assert body["counts"] == expected
+    assert body["items"] == [item.to_json() for item in items]
+    assert body["created_at"] == "2024-05-01T12:30:45.123456Z"
+    replayed = BatchRecord("bat_1", True, MOMENT, items).as_accepted().to_json()
+    assert replayed["status"] == "pending"
+    assert replayed["counts"]["pending"] == len(statuses)

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import TEST_API_KEY_ID, FakeStore, TransferRow
+from fakes import FakeStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
@@ -36,17 +36,17 @@ from ledger_core.domain.webhooks import (
     check_url_syntax,
     decide_after_attempt,
     endpoint_failing_disable_after_seconds,
+    endpoint_matches,
+    event_payload,
     new_secret,
     retry_delay_seconds,
     signing_secrets,
     url_length_max,
 )
-from ledger_core.service_layer.webhooks import (
-    attempt_delivery,
-    endpoint_matches,
-    event_payload,
-    write_events,
-)
+from ledger_core.service_layer import posting
+from ledger_core.service_layer.ports import Outbox
+from ledger_core.service_layer.posting import PostingOptions
+from ledger_core.service_layer.webhooks import attempt_delivery
 
 SCHEDULE = tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE_SECONDS)
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -650,64 +650,68 @@ def test_event_payload_is_the_event_envelope_around_the_transfer() -> None:
     assert payload.encode() == event_payload("evt_1", "transfer.posted", now, record).encode()
 
 
-# write_events, inside the in-memory unit of work
+# The outbox a posting writes, inside the in-memory unit of work
 
 
-def test_write_events_writes_one_event_per_transfer_and_one_delivery_per_match() -> None:
+def test_posting_writes_one_event_per_final_transfer_and_one_delivery_per_match() -> None:
     store = FakeStore()
-    posted = transfer(id="tr_posted")
-    rejected = transfer(
-        id="tr_rejected",
-        status="rejected",
-        rejection_reason="insufficient_funds",
-        source_account_id="acc_carol",
-        posted_at=None,
+    for account_id, balance in (("acc_alice", 2000), ("acc_bob", 0), ("acc_carol", 0)):
+        store.insert_account(account_id, balance=balance)
+    store.insert_transfer(transfer(id="tr_posted", status="pending", posted_at=None))
+    store.insert_transfer(
+        transfer(id="tr_rejected", status="pending", posted_at=None, source_account_id="acc_carol")
     )
-    for record in (posted, rejected):
-        store.state.transfers[record.id] = TransferRow(record, TEST_API_KEY_ID)
-    store.state.endpoints = [
+    for record in (
         endpoint(id="we_all"),
         endpoint(id="we_bob", account_ids=["acc_bob"]),
         endpoint(id="we_carol_posted", account_ids=["acc_carol"], events=["transfer.posted"]),
         endpoint(id="we_dave", account_ids=["acc_dave"]),
-    ]
-    with store() as uow:
-        ids = write_events(uow, [posted, rejected], now=T0, requeue_after_seconds=120)
-        uow.commit()
+        endpoint(id="we_off", status="disabled"),
+    ):
+        store.insert_endpoint(record)
+    enqueued: list[str] = []
+    options = PostingOptions(enqueue_deliveries=enqueued.extend, webhook_requeue_after_seconds=120)
+    posting.post_transfers(store, ["tr_posted", "tr_rejected"], clock=lambda: T0, options=options)
 
     events = store.state.events
-    assert len(events) == 2
-    by_transfer = {e["transfer_id"]: e for e in events.values()}
-    assert by_transfer["tr_posted"]["type"] == "transfer.posted"
-    assert by_transfer["tr_rejected"]["type"] == "transfer.rejected"
+    by_transfer = {e.transfer_id: e for e in events.values()}
+    assert len(events) == len(by_transfer) == 2
+    assert by_transfer["tr_posted"].type == "transfer.posted"
+    assert by_transfer["tr_rejected"].type == "transfer.rejected"
     for event in events.values():
-        body = json.loads(event["payload"])
-        assert body["id"] == event["id"] and body["type"] == event["type"]
-        assert body["data"]["id"] == event["transfer_id"]
+        final = store.transfer(event.transfer_id).record()
+        assert event.payload == event_payload(event.id, event.type, T0, final)
+        assert json.loads(event.payload)["data"]["status"] == final.status
+        assert event.created_at == T0
 
     deliveries = store.state.deliveries
-    assert [d["id"] for d in deliveries] == ids
-    assert len(set(ids)) == len(ids)
-    pairs = {(events[d["event_id"]]["transfer_id"], d["endpoint_id"]) for d in deliveries}
+    assert sorted(deliveries) == sorted(enqueued)
+    pairs = {(events[d.event_id].transfer_id, d.endpoint_id) for d in deliveries.values()}
     assert pairs == {
         ("tr_posted", "we_all"),
         ("tr_posted", "we_bob"),
         ("tr_rejected", "we_all"),
         ("tr_rejected", "we_bob"),
     }
-    for delivery in deliveries:
-        assert delivery["next_attempt_at"] == T0
-        assert delivery["created_at"] == T0
-        assert delivery["enqueued_until"] == T0 + timedelta(seconds=120)
+    for delivery in deliveries.values():
+        assert (delivery.status, delivery.attempts) == ("pending", 0)
+        assert delivery.next_attempt_at == T0
+        assert delivery.created_at == T0
+        assert delivery.enqueued_until == T0 + timedelta(seconds=120)
 
 
-def test_write_events_without_transfers_writes_nothing() -> None:
+def test_a_transfer_that_is_final_already_gets_no_second_event() -> None:
     store = FakeStore()
-    store.state.endpoints = [endpoint()]
+    store.insert_account("acc_alice", balance=10)
+    store.insert_account("acc_bob")
+    store.insert_transfer(transfer(status="pending", posted_at=None, amount=1))
+    store.insert_endpoint(endpoint())
+    [outcome] = posting.post_transfers(store, ["tr_1"])
     with store() as uow:
-        assert write_events(uow, [], now=T0, requeue_after_seconds=120) == []
+        outbox = Outbox(time=T0, requeue_after_seconds=120)
+        assert uow.transfers.finalize([outcome], now=T0, outbox=outbox) == []
         uow.commit()
-    assert store.state.events == {} and store.state.deliveries == []
+    assert len(store.state.events) == len(store.state.deliveries) == 1
 
 
 # attempt_delivery, against a recording unit of work and sender
