@@ -24,16 +24,17 @@ run: $(STAMP) ## Start the whole stack on embedded PostgreSQL and Valkey (or DAT
 test: $(STAMP) ## Run the whole test suite on embedded servers (or DATABASE_URL/REDIS_URL)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP) ## Lint, check formatting and the import boundaries
+lint: $(STAMP) ## Lint, check formatting, the import boundaries and the types
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 stop: $(STAMP) ## Stop the embedded servers that make run left running
 	$(BIN)/python -m devstack down --data-dir .data
 
-bench: $(STAMP) ## Measure posting throughput (prints figures; not part of the tests)
-	$(BIN)/python -m bench.posting
+bench: $(STAMP) ## Benchmark the whole stack: figures, ratios, targets (BENCH_ARGS="--help")
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) .data

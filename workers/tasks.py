@@ -13,13 +13,13 @@ from celery import shared_task
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.metrics import PrometheusMetrics, publish_reconciliation
 from ledger_core.adapters.redis_cache import make_redis
+from ledger_core.adapters.shard_lock import exclusive_shard
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.adapters.wakeups import PostingWakeups
 from ledger_core.adapters.webhook_http import AddressGuard, HttpxSender
 from ledger_core.config import Settings, posting_queue
 from ledger_core.service_layer import accounts, posting, reconcile, webhooks
 from ledger_core.service_layer.errors import StorageUnavailableError
-from ledger_core.service_layer.ports import UnitOfWorkFactory
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
     POST_PENDING_TASK,
@@ -45,7 +45,7 @@ class _Process:
 
     pid: int
     settings: Settings
-    uow_factory: UnitOfWorkFactory
+    uow_factory: SqlUnitOfWorkFactory
     redis: redis.Redis
     wakeups: PostingWakeups
     sender: HttpxSender | None = None
@@ -97,13 +97,28 @@ def _enqueue_deliveries(delivery_ids: list[str]) -> None:
 def post_pending(shard: int = 0) -> int:
     """A wake-up: post what is PENDING on this shard, batch after batch, within bounds."""
     process = _current()
+    with exclusive_shard(process.uow_factory.engine, shard) as held:
+        if not held:
+            # The holder is stuck, or slow beyond the bound: leave a wake-up behind, so
+            # that whatever woke this task is not forgotten.
+            process.wakeups.force(shard)
+            return 0
+        # This wake-up is no longer waiting: clear its flag before the first claim, so
+        # that a transfer committed from now on publishes a new one unless that claim
+        # sees it.
+        process.wakeups.clear(shard)
+        report = _drain(process, shard)
+    if report.more_work:
+        # Bounded on purpose: hand over to a fresh task rather than run into time limits.
+        process.wakeups.force(shard)
+    return report.transfers
+
+
+def _drain(process: _Process, shard: int) -> posting.DrainReport:
     settings = process.settings
-    report = posting.drain(
+    return posting.drain(
         process.uow_factory,
         shard=shard,
-        before_claim=lambda: process.wakeups.clear(shard),
-        # A backlog: wake one more worker (at most one wake-up is queued per shard).
-        after_full_batch=lambda: _wake_quietly(process.wakeups, shard),
         batch_size_max=settings.posting_batch_size_max,
         options=posting.PostingOptions(
             enqueue_deliveries=_enqueue_deliveries,
@@ -113,17 +128,6 @@ def post_pending(shard: int = 0) -> int:
             retry_delays_seconds=settings.posting_retry_delays_seconds,
         ),
     )
-    if report.more_work:
-        # Bounded on purpose: hand over to a fresh task rather than run into time limits.
-        process.wakeups.force(shard)
-    return report.transfers
-
-
-def _wake_quietly(wakeups: PostingWakeups, shard: int) -> None:
-    try:
-        wakeups.wake(shard)
-    except Exception:
-        log.warning("waking another posting worker failed", shard=shard, exc_info=True)
 
 
 @shared_task(name="ledger.sweep_pending_transfers", acks_late=True)

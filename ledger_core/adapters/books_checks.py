@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
+
+from ledger_core.adapters.sql_connection import LazyConnection
 
 CHECKS: Final[dict[str, str]] = {
     "transfer_entries_do_not_sum_to_zero": """
@@ -64,7 +66,7 @@ CHECKS: Final[dict[str, str]] = {
 
 
 class SqlBooksChecks:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def violations(
@@ -80,7 +82,10 @@ class SqlBooksChecks:
 
 
 def run_checks(
-    connection: Connection, *, pending_age_max_seconds: float, delivery_overdue_max_seconds: float
+    connection: LazyConnection,
+    *,
+    pending_age_max_seconds: float,
+    delivery_overdue_max_seconds: float,
 ) -> dict[str, list[tuple[str, int]]]:
     """Every rule's violations as (subject, value) pairs; empty lists when the books balance."""
     params = {

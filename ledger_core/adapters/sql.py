@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger_core.adapters.books_checks import SqlBooksChecks
 from ledger_core.adapters.sql_accounts import AccountFactsCache, SqlAccountRepository
+from ledger_core.adapters.sql_connection import LazyConnection, is_transient
 from ledger_core.adapters.sql_keys import (
     SqlApiKeyRepository,
     SqlCurrencyRepository,
@@ -35,63 +34,6 @@ from ledger_core.service_layer.ports import UnitOfWork, UnitOfWorkFactory
 TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
 
 
-def is_transient(error: BaseException) -> bool:
-    """Worth retrying as it was: the server is away or refused for now, not for the data."""
-    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
-class LazyConnection:
-    """The unit of work's connection, taken from the pool on first use: a use case that
-    finds all it needs in a process cache (account facts) never touches the pool."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._connection: Connection | None = None
-        self._transaction: Any = None
-
-    @property
-    def connection(self) -> Connection:
-        if self._connection is None:
-            try:
-                self._connection = self._engine.connect()
-            except Exception as error:
-                if is_transient(error):
-                    raise StorageUnavailableError(str(error)) from error
-                raise
-            self._transaction = self._connection.begin()
-        return self._connection
-
-    def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
-        return self.connection.exec_driver_sql(statement, parameters)
-
-    def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self.connection.execute(statement, parameters)
-
-    def scalar(self, statement: Any, parameters: Any = None) -> Any:
-        return self.connection.scalar(statement, parameters)
-
-    def scalars(self, statement: Any, parameters: Any = None) -> Any:
-        return self.connection.scalars(statement, parameters)
-
-    def commit(self) -> None:
-        if self._transaction is not None:
-            self._transaction.commit()
-
-    def close(self) -> None:
-        if self._connection is None:
-            return
-        try:
-            if self._transaction.is_active:
-                self._transaction.rollback()
-        except Exception:  # noqa: S110 (the connection is gone; closing it below is all that is left)
-            pass
-        finally:
-            self._connection.close()
-            self._connection = None
-
-
 class SqlUnitOfWork:
     """One database transaction. It rolls back unless `commit()` was called: safe by default."""
 
@@ -104,9 +46,7 @@ class SqlUnitOfWork:
         return self._lazy.connection
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._lazy = lazy = LazyConnection(self._engine)
-        # Repositories take the lazy connection (typed as one: it has what they call).
-        c = cast(Connection, lazy)
+        self._lazy = c = LazyConnection(self._engine)
         self.accounts = SqlAccountRepository(c, self._facts_cache)
         self.transfers = SqlTransferRepository(c)
         self.entries = SqlEntryRepository(c)

@@ -7,8 +7,8 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection
 
+from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain.model import AccountFacts, AccountState
 from ledger_core.domain.records import AccountRecord
 
@@ -107,7 +107,7 @@ def _record(row: Any) -> AccountRecord:
 
 
 class SqlAccountRepository:
-    def __init__(self, connection: Connection, cache: AccountFactsCache) -> None:
+    def __init__(self, connection: LazyConnection, cache: AccountFactsCache) -> None:
         self._c = connection
         self._cache = cache
 
@@ -174,12 +174,10 @@ class SqlAccountRepository:
         return fact
 
     def lock(self, account_ids: Collection[str]) -> dict[str, AccountState]:
-        rows = self._c.exec_driver_sql(LOCK, {"ids": sorted(account_ids)})
+        rows = self._c.driver_rows(LOCK, {"ids": sorted(account_ids)})
         return {
-            row.id: AccountState(
-                row.id, row.currency, int(row.balance), row.allow_overdraft, row.is_system
-            )
-            for row in rows
+            account_id: AccountState(account_id, currency, int(balance), overdraft, system)
+            for account_id, currency, balance, overdraft, system in rows
         }
 
     def set_balances(self, balances: Mapping[str, int]) -> None:

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection
 
+from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain import limits
 from ledger_core.service_layer.ports import StoredResponse
 
@@ -46,7 +46,7 @@ LIST_CUSTOM = "SELECT code, exponent FROM custom_currencies ORDER BY code"
 
 
 class SqlApiKeyRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None:
@@ -58,7 +58,7 @@ class SqlApiKeyRepository:
 
 
 class SqlIdempotencyRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def get(
@@ -100,7 +100,7 @@ class SqlIdempotencyRepository:
 
 
 class SqlCurrencyRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def custom_exponent(self, code: str) -> int | None:

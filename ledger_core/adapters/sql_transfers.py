@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection
 
+from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain.model import Outcome, Posted
 from ledger_core.domain.records import BatchRecord, EntryRecord, TransferRecord
 from ledger_core.service_layer.ports import (
@@ -130,10 +130,15 @@ CLAIM_MEMBERS = """
 # its payload built from the final row (the reference is domain.webhooks.event_payload),
 # and a delivery per enabled endpoint that matches it (domain.webhooks.endpoint_matches).
 ISO_UTC = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-# Ids as domain.ids.new_id makes them: prefix, milliseconds in 12 hex digits, 64 random bits.
+# Ids as domain.ids.new_id makes them: prefix, milliseconds in 12 hex digits, 64 random
+# bits. random(), not gen_random_uuid(): these ids need to be unique, not unguessable (the
+# primary key refuses a collision, and the batch is then retried), and random() costs a
+# tenth. The statement's timestamp: every id of a batch shares it.
 NEW_ID = (
-    "{} || '_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
-    " || left(replace(gen_random_uuid()::text, '-', ''), 16)"
+    "{} || '_'"
+    " || lpad(to_hex((extract(epoch FROM statement_timestamp()) * 1000)::bigint), 12, '0')"
+    " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
+    " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
 )
 FINALIZE = f"""
     WITH final AS (
@@ -259,15 +264,9 @@ def transfer_record(row: Any) -> TransferRecord:
     )
 
 
-def _claimed(row: Any) -> ClaimedTransfer:
-    return ClaimedTransfer(
-        row.id,
-        row.source_account_id,
-        row.destination_account_id,
-        row.amount,
-        row.group_id,
-        row.created_at,
-    )
+def _claimed(row: tuple[Any, ...]) -> ClaimedTransfer:
+    transfer_id, source, destination, amount, created_at, group_id = row[:6]
+    return ClaimedTransfer(transfer_id, source, destination, amount, group_id, created_at)
 
 
 def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None) -> TransferRecord:
@@ -289,7 +288,7 @@ def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None)
 
 
 class SqlTransferRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def add_pending(self, writes: Sequence[PendingWrite]) -> dict[str, TransferRecord]:
@@ -388,32 +387,35 @@ class SqlTransferRepository:
         return BatchRecord(row.id, row.atomic, row.created_at, [transfer_record(i) for i in items])
 
     def claim(self, *, shard: int, limit: int, only_ids: Sequence[str] | None = None) -> Claim:
+        # Columns as in CLAIM_COLUMNS: id, source, destination, amount, created_at,
+        # group_id, unit_size, now.
         if only_ids is None:
-            rows = self._c.exec_driver_sql(CLAIM, {"shard": shard, "limit": limit}).all()
+            rows = self._c.driver_rows(CLAIM, {"shard": shard, "limit": limit})
         else:
-            rows = self._c.exec_driver_sql(CLAIM_IDS, {"ids": list(only_ids), "limit": limit}).all()
+            rows = self._c.driver_rows(CLAIM_IDS, {"ids": list(only_ids), "limit": limit})
         if not rows:
             return Claim([], now=self._now())
         # Whole units up to `limit` transfers (the first unit even if bigger); heads cut off
         # here stay PENDING and are released when this transaction ends.
-        kept: list[Any] = []
+        kept: list[tuple[Any, ...]] = []
         size = 0
         for row in rows:
-            if kept and size + row.unit_size > limit:
+            if kept and size + row[6] > limit:
                 break
             kept.append(row)
-            size += row.unit_size
+            size += row[6]
         full = len(rows) >= limit or len(kept) < len(rows)
-        heads = [row.id for row in kept if row.group_id is not None]
+        heads = [row[0] for row in kept if row[5] is not None]
         members: dict[str, list[ClaimedTransfer]] = {}
         if heads:
-            for member in self._c.exec_driver_sql(CLAIM_MEMBERS, {"heads": heads}):
-                members.setdefault(member.group_id, []).append(_claimed(member))
+            for member in self._c.driver_rows(CLAIM_MEMBERS, {"heads": heads}):
+                members.setdefault(member[5], []).append(_claimed(member))
         transfers: list[ClaimedTransfer] = []
         for row in kept:
             transfers.append(_claimed(row))
-            transfers += members.get(row.id, []) if row.group_id is not None else []
-        return Claim(transfers, now=rows[0].now, full=full)
+            if row[5] is not None:
+                transfers += members.get(row[0], [])
+        return Claim(transfers, now=rows[0][7], full=full)
 
     def _now(self) -> datetime:
         value: datetime = self._c.exec_driver_sql("SELECT now()").scalar_one()
@@ -469,7 +471,7 @@ class SqlTransferRepository:
 
 
 class SqlEntryRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def add_posted(self, outcomes: Sequence[Outcome]) -> None:

@@ -194,8 +194,11 @@ entries = Table(
     "entries",
     metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
-    Column("transfer_id", Text, ForeignKey("transfers.id"), nullable=False),
-    Column("account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    # No foreign keys: the trigger entries_refer_and_balance (migration 0004) checks a whole
+    # statement's entries at once, that their transfers and accounts exist and that each
+    # transfer balances per currency; accounts and transfers cannot be deleted.
+    Column("transfer_id", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("balance_after", Numeric(39, 0), nullable=False),
     _created_at(),
@@ -246,7 +249,9 @@ events = Table(
     metadata,
     Column("id", Text, primary_key=True),
     Column("type", Text, nullable=False),
-    Column("transfer_id", Text, ForeignKey("transfers.id"), nullable=False),
+    # No foreign key: events are written from the rows the posting statement finalises,
+    # and transfers cannot be deleted (migration 0004).
+    Column("transfer_id", Text, nullable=False),
     # The exact bytes every attempt sends and signs; text, since jsonb would reorder keys.
     Column("payload", Text, nullable=False),
     _created_at(),
@@ -258,8 +263,10 @@ webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
     Column("id", Text, primary_key=True),
-    Column("event_id", Text, ForeignKey("events.id"), nullable=False),
-    Column("endpoint_id", Text, ForeignKey("webhook_endpoints.id"), nullable=False),
+    # No foreign keys, as for events: written with their event, and neither events nor
+    # endpoints can be deleted (endpoints are deleted softly).
+    Column("event_id", Text, nullable=False),
+    Column("endpoint_id", Text, nullable=False),
     Column("status", Text, nullable=False, server_default=text("'pending'")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", DateTime(timezone=True)),

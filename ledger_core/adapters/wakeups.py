@@ -1,10 +1,11 @@
 """Waking the posting workers through the broker, at most one wake-up queued per shard.
 
-A Redis flag per shard says "a wake-up is on its way". Whoever sets it (SET NX) publishes
-one task; a posting worker clears it before every claim. So a transfer committed after a
-claim either finds the flag clear and publishes, or finds it set by a wake-up that has not
-been claimed yet, which will see the transfer. The flag expires after `flag_ttl_ms`, so a
-publish that failed after setting it delays nothing for long; the sweeper covers the rest.
+A Redis flag per shard says "a wake-up is waiting". Whoever sets it (SET NX) publishes one
+task; the task clears it once it holds its shard, before its first claim. So a transfer
+committed after that claim began either finds the flag clear and publishes, or finds it
+set by a wake-up still waiting, whose claim will see the transfer. The flag expires after
+`flag_ttl_ms`, so a publish that failed after setting it delays nothing for long; the
+sweeper covers the rest.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from ledger_core.adapters import tables as t
+from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain.records import AttemptRecord, DeliveryRecord, EndpointRecord
 from ledger_core.domain.webhooks import AttemptDecision, DeliveryStatus, EndpointStatus
 from ledger_core.service_layer.ports import ClaimedDelivery
@@ -37,7 +38,7 @@ def _endpoint(row: Any) -> EndpointRecord:
 
 
 class EndpointRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def add(
@@ -111,15 +112,18 @@ class EndpointRepository:
 
 
 class EventRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def payload(self, event_id: str) -> str | None:
-        return self._c.scalar(select(t.events.c.payload).where(t.events.c.id == event_id))
+        payload: str | None = self._c.scalar(
+            select(t.events.c.payload).where(t.events.c.id == event_id)
+        )
+        return payload
 
 
 class DeliveryRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
     def _select(self) -> Any:

@@ -42,6 +42,8 @@ posting_drain_seconds_max: Final = 20.0
 posting_attempts_max: Final = 5
 posting_retry_delays_seconds: Final = (1.0, 5.0, 30.0, 120.0)
 posting_error_length_max: Final = 500
+# The accepted-to-posted latency histogram observes at most this many transfers per batch.
+posting_latency_samples_per_batch_max: Final = 50
 
 # The API remembers an API key check this long: a revoked key stops working within it.
 api_key_cache_ttl_seconds: Final = 5.0

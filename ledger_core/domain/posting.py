@@ -15,6 +15,7 @@ from ledger_core.domain.model import (
     AccountState,
     BatchResult,
     Entry,
+    Leg,
     Outcome,
     Posted,
     Rejected,
@@ -86,7 +87,8 @@ def _check_legs(transfer: TransferToPost, accounts: Mapping[str, AccountState]) 
     for leg in transfer.legs:
         if leg.account_id not in accounts:
             raise ValueError(f"transfer {transfer.id} names unlocked account {leg.account_id}")
-        if isinstance(leg.amount, bool) or not isinstance(leg.amount, int):
+        # type(), not isinstance(): a bool is an int subclass and is no amount.
+        if type(leg.amount) is not int:
             raise ValueError(f"transfer {transfer.id} has a non-integer amount {leg.amount!r}")
         if leg.amount == 0 or abs(leg.amount) > limits.amount_max:
             raise ValueError(f"transfer {transfer.id} has an invalid amount {leg.amount!r}")
@@ -96,6 +98,10 @@ def _check_legs(transfer: TransferToPost, accounts: Mapping[str, AccountState]) 
         raise ValueError(f"transfer {transfer.id} does not balance per currency: {sums}")
     if len({leg.account_id for leg in transfer.legs}) < 2:
         raise ValueError(f"transfer {transfer.id} moves money from an account to itself")
+
+
+def _debit_last(leg: Leg) -> bool:
+    return leg.amount < 0
 
 
 def _apply(
@@ -108,7 +114,11 @@ def _apply(
     _check_legs(transfer, accounts)
     # Credits before debits: an account that both receives and pays within one transfer
     # needs only the net amount, and no entry shows it below zero on the way.
-    ordered = sorted(transfer.legs, key=lambda leg: leg.amount < 0)
+    legs = transfer.legs
+    if len(legs) == 2 and legs[0].amount < 0 < legs[1].amount:
+        ordered: Sequence[Leg] = (legs[1], legs[0])  # the common case, without a sort
+    else:
+        ordered = sorted(legs, key=_debit_last)
     running: dict[str, int] = {}
     entries: list[Entry] = []
     insufficient = overflow = False

@@ -324,14 +324,6 @@ def test_drain_stops_after_seconds_max(store, alice):
     assert report == posting.DrainReport(batches=2, transfers=4, more_work=True)
 
 
-def test_drain_calls_before_claim_before_every_claim(store, alice):
-    for _ in range(5):
-        deposit(store, alice, 1)
-    drain(store, batch_size_max=2, before_claim=lambda: store.calls.append("before_claim"))
-    order = [c for c in store.calls if c in ("before_claim", "transfers.claim")]
-    assert order == ["before_claim", "transfers.claim"] * 3
-
-
 def test_drain_with_nothing_to_do_claims_once(store):
     assert drain(store) == posting.DrainReport(batches=1, transfers=0, more_work=False)
     assert store.commits == 0
