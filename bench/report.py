@@ -48,11 +48,12 @@ class Ratio:
     label: str
     value: float
     percent: bool
-    target: Target
+    target: Target | None
 
     def cells(self) -> list[str]:
         shown = f"{self.value:.0%}" if self.percent else f"{self.value:.2f}x"
-        return [self.label, shown, self.target.text, _verdict(self.target, self.value)]
+        text = self.target.text if self.target is not None else ""
+        return [self.label, shown, text, _verdict(self.target, self.value)]
 
 
 FIGURE_HEADER = ["stage", "figure", "p50 ms", "p99 ms", "target", "", "note"]

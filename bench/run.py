@@ -171,6 +171,15 @@ def _ratios(figures: dict[str, report.Figure]) -> list[report.Ratio]:
             True,
             RATIO_DRAIN,
         ),
+        # What the worker costs beside the database doing the very same writes alone.
+        (
+            "drain uniform / posting's writes in SQL, uniform",
+            "drain_uniform",
+            "ledger_sql_uniform",
+            True,
+            None,
+        ),
+        ("drain hot / posting's writes in SQL, hot", "drain_hot", "ledger_sql_hot", True, None),
     ]
     return [
         report.Ratio(label, figures[a].value / figures[b].value, percent, target)

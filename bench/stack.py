@@ -44,7 +44,7 @@ poll_interval_seconds = 0.2
 health_timeout_seconds = 1
 # The Procfile's web line: the API and the hello-world ceiling are served alike.
 web_workers = 2
-web_threads = 8
+web_threads = 16  # as the Procfile (WEB_THREADS)
 posting_concurrency = 2
 
 

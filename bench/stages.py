@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import rawsql
+from bench import ledgersql, rawsql
 from bench.books import Books
 from bench.load import LoadClient, Plan, transfer_item
 from bench.pyclient import PythonClient
@@ -426,6 +426,29 @@ def raw(bench: Bench) -> None:
             )
     finally:
         rawsql.drop_tables(bench.libpq_url)
+    # The same work as posting, on the ledger's own schema, by PostgreSQL alone.
+    transactions = max(1, bench.options.backlog // ledgersql.BATCH)
+    for hot in (False, True):
+        label = "hot account" if hot else "uniform"
+        tps = ledgersql.run(
+            libpq_url=bench.libpq_url,
+            accounts=list(bench.accounts),
+            transactions=transactions,
+            hot=hot,
+            work_dir=bench.work_dir,
+            log_dir=bench.log_dir,
+            seconds_max=bench.options.seconds * 10,
+        )
+        key = "ledger_sql_hot" if hot else "ledger_sql_uniform"
+        bench.record(
+            Figure(
+                key,
+                f"posting's writes in one SQL statement, 1,000/txn, {label}",
+                tps,
+                "transfers/s",
+                note=f"1 client, {transactions * ledgersql.BATCH:,} transfers, ledger schema",
+            )
+        )
 
 
 STAGES: dict[str, Callable[[Bench], None]] = {

@@ -18,8 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 # Any number, the same in every deployment: the first half of the two-part lock key.
 POSTING_LOCK_CLASS = 731_800_442
-# Waiting for the shard's holder; below the drain's own bound plus Celery's soft limit.
-shard_wait_seconds_max = 25
+# Waiting for the shard's holder, who lets go within posting_drain_seconds_max; short, so
+# that a warm shutdown (which waits for running tasks) stays well under its grace period.
+shard_wait_seconds_max = 15
 
 
 @contextmanager

@@ -36,7 +36,7 @@ posting_batch_size_max: Final = 1000
 # One posting task drains at most this many batches or for this long, then hands over to
 # a fresh task, so that a long backlog never runs into Celery's time limits.
 posting_drain_batches_max: Final = 200
-posting_drain_seconds_max: Final = 20.0
+posting_drain_seconds_max: Final = 10.0
 # A transfer whose posting fails (not for want of money: for a bug or a corrupt row) is
 # retried after these delays, then quarantined.
 posting_attempts_max: Final = 5

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from ledger_core.domain.model import TransferKind
+from ledger_core.domain.rules import posting_shard
 from ledger_core.service_layer import accept, posting
-from ledger_core.service_layer.ports import no_wake
+from ledger_core.service_layer.ports import NullIdempotencyCache, no_wake
 from ledger_core.service_layer.reconcile import reconcile
 from tests.support.books import Books
 
@@ -127,3 +128,63 @@ def test_releasing_a_quarantined_group_member_releases_the_whole_group(
     outcomes = posting.post_transfers(uow_factory, [group[0]])
     assert len(outcomes) == 3
     assert not posting.release_quarantined(uow_factory, group[0])  # nothing quarantined now
+
+
+def test_shards_post_apart_and_an_atomic_group_follows_its_head(
+    uow_factory: Any, engine: Engine, books: Books
+) -> None:
+    accounts = [books.open_account(allow_overdraft=True) for _ in range(8)]
+    singles = [
+        accept.accept_transfer(
+            uow_factory,
+            NullIdempotencyCache(),
+            no_wake,
+            api_key_id=books.key_id,
+            idempotency_key=f"shards-{index}",
+            request_hash="h",
+            request=accept.MovementRequest(
+                TransferKind.TRANSFER, source, accounts[(index + 1) % 8], 1
+            ),
+            shards=2,
+        ).body["id"]
+        for index, source in enumerate(accounts)
+    ]
+    group = accept.accept_batch(
+        uow_factory,
+        no_wake,
+        api_key_id=books.key_id,
+        idempotency_key="shards-group",
+        request_hash="h",
+        atomic=True,
+        requests=[
+            accept.MovementRequest(TransferKind.TRANSFER, source, accounts[0], 1)
+            for source in accounts[1:]
+        ],
+        shards=2,
+    ).body["items"]
+    with engine.connect() as connection:
+        shard_of = dict(
+            connection.execute(
+                text("SELECT id, shard FROM transfers WHERE id = ANY(:ids)"),
+                {"ids": singles + [g["id"] for g in group]},
+            ).all()
+        )
+    # The debited account decides a single transfer's shard; a group is on its head's.
+    for source, transfer_id in zip(accounts, singles, strict=True):
+        assert shard_of[transfer_id] == posting_shard(source, 2)
+    assert {shard_of[g["id"]] for g in group} == {posting_shard(accounts[1], 2)}
+    assert set(shard_of[t] for t in singles) == {0, 1}, "eight accounts fell on one shard"
+
+    # Draining shard 1 posts shard 1's transfers and leaves shard 0's alone.
+    posting.drain(uow_factory, shard=1)
+    with engine.connect() as connection:
+        status = dict(
+            connection.execute(
+                text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"),
+                {"ids": list(shard_of)},
+            ).all()
+        )
+    assert {status[i] for i in shard_of if shard_of[i] == 1} == {"posted"}
+    assert {status[i] for i in shard_of if shard_of[i] == 0} == {"pending"}
+    posting.drain(uow_factory, shard=0)
+    assert not any(reconcile(uow_factory).values())
