@@ -14,4 +14,4 @@ RUN pip install --no-cache-dir . && useradd --system --no-create-home ledger
 USER ledger
 # The API; Flower; a Celery worker's metrics (METRICS_PORT).
 EXPOSE 8000 5555 9100
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", "--graceful-timeout", "30", "--timeout", "60", "api:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "30", "--timeout", "60", "api:create_app()"]

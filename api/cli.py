@@ -10,7 +10,7 @@ from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings
 from ledger_core.service_layer.access import Scope, add_custom_currency, create_api_key
-from ledger_core.service_layer.posting import release_quarantined
+from ledger_core.service_layer.posting import reject_quarantined, release_quarantined
 from ledger_core.service_layer.reconcile import reconcile, report
 
 
@@ -74,6 +74,22 @@ def transfers_release(transfer_id: str) -> None:
         click.echo(f"error: {transfer_id} is not a quarantined transfer", err=True)
         sys.exit(1)
     click.echo(f"released {transfer_id}", err=True)
+
+
+@transfers.command("reject")
+@click.argument("transfer_id")
+def transfers_reject(transfer_id: str) -> None:
+    """Give up on a quarantined transfer (and its atomic batch): it becomes rejected with
+    `posting_failed`, and its transfer.rejected webhook event is sent."""
+    rejected = reject_quarantined(
+        _uow_factory(),
+        transfer_id,
+        webhook_requeue_after_seconds=Settings().webhook_requeue_after_seconds,
+    )
+    if not rejected:
+        click.echo(f"error: {transfer_id} is not a quarantined transfer", err=True)
+        sys.exit(1)
+    click.echo(f"rejected {', '.join(rejected)}", err=True)
 
 
 @main.command("reconcile")

@@ -118,7 +118,10 @@ class Transfer(BaseModel):
     kind: Literal["deposit", "withdrawal", "transfer"]
     status: Literal["pending", "posted", "rejected", "quarantined"]
     rejection_reason: (
-        Literal["insufficient_funds", "balance_overflow", "linked_transfer_failed"] | None
+        Literal[
+            "insufficient_funds", "balance_overflow", "linked_transfer_failed", "posting_failed"
+        ]
+        | None
     )
     source_account_id: str
     destination_account_id: str

@@ -94,7 +94,7 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
         type=_positive(int),
         default=16,
         help="connections for hello-world and single transfers (default: %(default)s, the"
-        " API's 2 workers x 8 threads)",
+        " API's 2 workers x 16 threads)",
     )
     add(
         "--batch-connections",

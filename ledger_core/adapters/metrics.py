@@ -21,10 +21,19 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from ledger_core.config import posting_queue
+
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 RECONCILIATION_KEY = "ledger:reconciliation:last"
-QUEUES = ("transfers", "webhooks", "housekeeping")
+
+
+def _queues() -> tuple[str, ...]:
+    shards = int(os.environ.get("POSTING_SHARDS", "1"))
+    return (*(posting_queue(shard, shards) for shard in range(shards)), "webhooks", "housekeeping")
+
+
+QUEUES = _queues()
 
 http_requests_total = Counter(
     "ledger_http_requests_total",

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from ledger_core.adapters.sql_connection import is_transient
+from ledger_core.service_layer.errors import StorageUnavailableError
+
 # Any number, the same in every deployment: the first half of the two-part lock key.
 POSTING_LOCK_CLASS = 731_800_442
 # Waiting for the shard's holder, who lets go within posting_drain_seconds_max; short, so
@@ -32,7 +35,12 @@ def exclusive_shard(
     A session lock on a connection of its own in autocommit, so that waiting holds no
     transaction open; it is released at the end of the block, or by PostgreSQL when the
     process dies and its connection closes."""
-    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except Exception as error:
+        if is_transient(error):
+            raise StorageUnavailableError(str(error)) from error
+        raise
     try:
         connection.exec_driver_sql(f"SET lock_timeout = {int(wait_seconds * 1000)}")
         try:
@@ -42,7 +50,7 @@ def exclusive_shard(
             )
         except OperationalError as error:
             if "lock timeout" not in str(error):
-                raise
+                raise StorageUnavailableError(str(error)) from error
             yield False
             return
         try:

@@ -12,7 +12,9 @@ import hashlib
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import psycopg
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from ledger_core.adapters.books_checks import SqlBooksChecks
 from ledger_core.adapters.sql_accounts import AccountFactsCache, SqlAccountRepository
@@ -28,7 +30,7 @@ from ledger_core.adapters.webhook_sql import (
     EndpointRepository,
     EventRepository,
 )
-from ledger_core.service_layer.errors import StorageUnavailableError
+from ledger_core.service_layer.errors import StorageRefusedError, StorageUnavailableError
 from ledger_core.service_layer.ports import UnitOfWork, UnitOfWorkFactory
 
 TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
@@ -66,8 +68,12 @@ class SqlUnitOfWork:
         traceback: TracebackType | None,
     ) -> None:
         self._lazy.close()
-        if exc is not None and is_transient(exc):
+        if exc is None or isinstance(exc, StorageUnavailableError | StorageRefusedError):
+            return
+        if is_transient(exc):
             raise StorageUnavailableError(str(exc)) from exc
+        if isinstance(exc, DBAPIError | psycopg.Error):
+            raise StorageRefusedError(str(exc)) from exc
 
     def commit(self) -> None:
         self._lazy.commit()

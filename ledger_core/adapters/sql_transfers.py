@@ -180,18 +180,19 @@ FINALIZE = f"""
         FROM new_events e
         RETURNING id, type, transfer_id
     ), deliveries AS (
+        -- From new_events, not by joining `written` back to `final`: a join of two CTEs
+        -- has no statistics, and the planner's nested loop over them was quadratic.
         INSERT INTO webhook_deliveries (id, event_id, endpoint_id, next_attempt_at,
                                         enqueued_until, created_at)
-        SELECT {NEW_ID.format("'wd'")}, w.id, ep.id, %(outbox_time)s,
+        SELECT {NEW_ID.format("'wd'")}, e.event_id, ep.id, %(outbox_time)s,
                %(outbox_time)s::timestamptz + make_interval(secs => %(requeue_seconds)s),
                %(outbox_time)s
-        FROM written w
-        JOIN final f ON f.id = w.transfer_id
+        FROM new_events e
         JOIN webhook_endpoints ep
-          ON ep.status = 'enabled' AND ep.deleted_at IS NULL AND ep.events ? w.type
+          ON ep.status = 'enabled' AND ep.deleted_at IS NULL AND ep.events ? e.type
          -- "every account" is stored as a JSON null (the JSONB column type's None)
          AND (ep.account_ids IS NULL OR jsonb_typeof(ep.account_ids) = 'null'
-              OR ep.account_ids ?| ARRAY[f.source_account_id, f.destination_account_id])
+              OR ep.account_ids ?| ARRAY[e.source_account_id, e.destination_account_id])
         RETURNING id
     )
     SELECT id FROM deliveries
@@ -466,8 +467,8 @@ class SqlTransferRepository:
         )
         return {int(row.shard): int(row.stale) for row in rows}
 
-    def release_quarantined(self, transfer_id: str) -> bool:
-        return self._c.exec_driver_sql(RELEASE, {"id": transfer_id}).first() is not None
+    def release_quarantined_ids(self, transfer_id: str) -> list[str]:
+        return [row.id for row in self._c.exec_driver_sql(RELEASE, {"id": transfer_id})]
 
 
 class SqlEntryRepository:

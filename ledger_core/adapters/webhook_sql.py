@@ -199,7 +199,7 @@ class DeliveryRepository:
             select(t.webhook_endpoints).where(t.webhook_endpoints.c.id == row.endpoint_id)
         ).one()
         payload = self._c.scalar(select(t.events.c.payload).where(t.events.c.id == row.event_id))
-        assert payload is not None, "a delivery's event exists (foreign key)"
+        assert payload is not None, "a delivery's event exists (events cannot be deleted)"
         return ClaimedDelivery(row.id, row.attempts, row.event_id, payload, _endpoint(endpoint))
 
     def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]:

@@ -34,6 +34,8 @@ class RejectionReason(StrEnum):
     BALANCE_OVERFLOW = "balance_overflow"
     # Another transfer of the same atomic batch was rejected, so this one was too.
     LINKED_TRANSFER_FAILED = "linked_transfer_failed"
+    # Quarantined, then rejected by an operator: it never posted and never will.
+    POSTING_FAILED = "posting_failed"
 
 
 class AcceptError(StrEnum):

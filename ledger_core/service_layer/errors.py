@@ -25,3 +25,10 @@ class StorageUnavailableError(Exception):
     """PostgreSQL did not answer, or refused for a reason that passes (connection lost,
     deadlock, serialization failure, lock or statement timeout). Nothing was committed
     unless the commit itself was cut off; an idempotent retry is always safe."""
+
+
+class StorageRefusedError(Exception):
+    """PostgreSQL refused a statement for what it holds or says (a constraint, a trigger, a
+    malformed value): retrying it as it was fails again. Posting isolates the transfers
+    that cause it; anything else that raises (a time limit, a bug outside the storage)
+    is not theirs to answer for."""

@@ -204,7 +204,10 @@ class TransferRepository(Protocol):
         try, if one failed), counted by shard."""
         ...
 
-    def release_quarantined(self, transfer_id: str) -> bool: ...
+    def release_quarantined_ids(self, transfer_id: str) -> list[str]:
+        """Make a quarantined transfer PENDING again with a fresh count of attempts, with
+        the rest of its atomic group; return the ids released."""
+        ...
 
 
 class EntryRepository(Protocol):

@@ -1,8 +1,9 @@
 """Posting: PENDING transfers become entries, balances and a final status.
 
-A posting task is woken, not told what to post: it claims up to `posting_batch_size_max`
-PENDING transfers with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint sets,
-locks their accounts once each in ascending id order (so two postings never deadlock),
+A posting task is woken, not told what to post: holding its shard (one drainer at a
+time), it claims up to `posting_batch_size_max` PENDING transfers with FOR NO KEY UPDATE
+SKIP LOCKED (so anything else posting by id takes a disjoint set), locks their accounts
+once each in ascending id order (so two postings never deadlock),
 applies the posting rules in acceptance order, and writes entries, balances, statuses and
 the webhook outbox in one transaction with a handful of set-based statements. It loops
 while work remains, within bounds of count and time.
@@ -22,9 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from ledger_core.domain import limits
-from ledger_core.domain.model import Outcome, Posted, TransferToPost
+from ledger_core.domain.model import Outcome, Posted, Rejected, RejectionReason, TransferToPost
 from ledger_core.domain.posting import post_batch
-from ledger_core.service_layer.errors import StorageUnavailableError
+from ledger_core.service_layer.errors import StorageRefusedError
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
     Claim,
@@ -148,9 +149,10 @@ def post_claimed(
             claimed_out=claimed,
             full_out=full,
         )
-    except StorageUnavailableError:
-        raise  # the database is away: retry the whole batch later, as it was
-    except Exception as error:
+    except (StorageRefusedError, ValueError) as error:
+        # Refused by the database, or a broken invariant of the posting rules: the data
+        # of some transfer is at fault. Anything else (the database away, a time limit)
+        # propagates: the whole batch is tried again later, as it was.
         if not claimed:
             raise  # failed before it claimed anything: not the transfers' fault
         log.exception("posting a batch of %d failed; isolating the cause", len(claimed))
@@ -218,7 +220,8 @@ def _after_commit(
     # histogram observation per transfer would cost more than the rest of the bookkeeping,
     # and the finalised counter already counts every one.
     committed_at = datetime.now(UTC)
-    step = max(1, len(claimed) // limits.posting_latency_samples_per_batch_max)
+    samples_max = limits.posting_latency_samples_per_batch_max
+    step = max(1, -(-len(claimed) // samples_max))  # ceiling division: at most samples_max
     latencies = [(committed_at - c.created_at).total_seconds() for c in claimed[::step]]
     options.metrics.posting_batch(len(outcomes), duration_seconds)
     options.metrics.transfers_finalized(counts, latencies)
@@ -271,9 +274,7 @@ def _isolate(
                 uow_factory, shard=0, limit=size, only_ids=ids, options=options, claimed_out=[]
             )
             outcomes += report.outcomes
-        except StorageUnavailableError:
-            raise
-        except Exception as part_error:
+        except (StorageRefusedError, ValueError) as part_error:
             if len(part) == 1:
                 failing.append((part[0], part_error))
             else:
@@ -330,9 +331,36 @@ def wake_stale(
     return stale
 
 
+def reject_quarantined(
+    uow_factory: UnitOfWorkFactory,
+    transfer_id: str,
+    *,
+    webhook_requeue_after_seconds: float = DEFAULT_OPTIONS.webhook_requeue_after_seconds,
+    clock: Clock = lambda: datetime.now(UTC),
+) -> list[str]:
+    """Give up on a quarantined transfer (with its atomic batch): rejected as
+    `posting_failed`, its `transfer.rejected` event written as for any rejection. Returns
+    the ids rejected (none if it was not quarantined)."""
+    with uow_factory() as uow:
+        released = uow.transfers.release_quarantined_ids(transfer_id)
+        if not released:
+            return []
+        outcomes: list[Outcome] = [
+            Rejected(released_id, RejectionReason.POSTING_FAILED) for released_id in released
+        ]
+        now = clock()
+        uow.transfers.finalize(
+            outcomes,
+            now=now,
+            outbox=Outbox(time=now, requeue_after_seconds=webhook_requeue_after_seconds),
+        )
+        uow.commit()
+    return released
+
+
 def release_quarantined(uow_factory: UnitOfWorkFactory, transfer_id: str) -> bool:
     """Give a quarantined transfer back to posting with a fresh count of attempts."""
     with uow_factory() as uow:
-        released = uow.transfers.release_quarantined(transfer_id)
+        released = bool(uow.transfers.release_quarantined_ids(transfer_id))
         uow.commit()
     return released

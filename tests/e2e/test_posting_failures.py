@@ -124,3 +124,34 @@ def test_a_transfer_that_never_posts_is_quarantined_and_the_sweeper_still_sweeps
     assert wait_final(engine, [poisoned]) == {poisoned: "posted"}
     assert client.get(f"/v1/accounts/{poisoned_account}").json()["balance"]["posted"] == 5
     assert not any(reconcile(uow_factory).values())  # type: ignore[arg-type]
+
+
+def test_an_operator_can_give_up_on_a_quarantined_transfer(
+    client: httpx.Client,
+    engine: Engine,
+    uow_factory: object,
+    poisoned_account: str,
+    process_env: dict[str, str],
+) -> None:
+    poisoned = deposit(client, poisoned_account, 7)["id"]
+    deadline = time.monotonic() + quarantine_wait_timeout_seconds
+    while time.monotonic() < deadline and _row(engine, poisoned).status != "quarantined":
+        time.sleep(0.2)
+    assert _row(engine, poisoned).status == "quarantined"
+    rejected = subprocess.run(
+        [LEDGER, "transfers", "reject", poisoned],
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rejected.returncode == 0, rejected.stderr
+    transfer = client.get(f"/v1/transfers/{poisoned}").json()
+    assert (transfer["status"], transfer["rejection_reason"]) == ("rejected", "posting_failed")
+    with engine.connect() as connection:
+        event_type = connection.scalar(
+            text("SELECT type FROM events WHERE transfer_id = :t"), {"t": poisoned}
+        )
+    assert event_type == "transfer.rejected"
+    assert not any(reconcile(uow_factory).values())  # type: ignore[arg-type]

@@ -65,8 +65,10 @@ def test_procfile_and_compose_name_the_same_processes() -> None:
 def test_workers_consume_their_queue_in_both_files() -> None:
     procfile, services = _procfile(), _services()
     for process, queue in QUEUE_OF.items():
+        # The posting worker's queues follow POSTING_SHARDS: "transfers" by default.
+        expected = "${POSTING_QUEUES:-transfers}" if process == "worker" else queue
         for argv in (_argv(procfile[process]), _argv(services[process]["command"])):
-            assert _option(argv, "-Q") == queue, argv
+            assert _option(argv, "-Q") == expected, argv
             assert _option(argv, "-n") == f"{queue}@%h", argv
         # The health check pings this container's node: %h is its $HOSTNAME.
         health = " ".join(services[process]["healthcheck"]["test"])

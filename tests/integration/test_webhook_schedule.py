@@ -112,8 +112,9 @@ def test_no_event_exists_for_a_rolled_back_posting(
     def broken_clock() -> datetime:
         raise RuntimeError("crash between the entries and the commit")
 
-    # The failure is isolated and counted towards quarantine, not raised at the caller.
-    assert posting.post_transfers(uow_factory, [transfer_id], clock=broken_clock) == []
+    # Not the database refusing the transfer: nothing is blamed on it, the caller learns.
+    with pytest.raises(RuntimeError):
+        posting.post_transfers(uow_factory, [transfer_id], clock=broken_clock)
     with engine.connect() as connection:
         row = connection.execute(
             text(
@@ -124,7 +125,7 @@ def test_no_event_exists_for_a_rolled_back_posting(
             ),
             {"id": transfer_id},
         ).one()
-    assert (row.status, row.posting_attempts, row.n, row.e) == ("pending", 1, 0, 0)
+    assert (row.status, row.posting_attempts, row.n, row.e) == ("pending", 0, 0, 0)
 
     posting.post_transfers(uow_factory, [transfer_id], clock=Clock())
     posting.post_transfers(uow_factory, [transfer_id], clock=Clock())  # a duplicate task

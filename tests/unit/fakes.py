@@ -54,7 +54,7 @@ from ledger_core.domain.webhooks import (
     endpoint_matches,
     event_payload,
 )
-from ledger_core.service_layer.errors import StorageUnavailableError
+from ledger_core.service_layer.errors import StorageRefusedError, StorageUnavailableError
 from ledger_core.service_layer.ports import (
     Claim,
     ClaimedDelivery,
@@ -100,7 +100,7 @@ ENDPOINT_COLUMNS = frozenset(
 LIMITATIONS_HIT: list[str] = []
 
 
-class FakeIntegrityError(Exception):
+class FakeIntegrityError(StorageRefusedError):
     """What PostgreSQL would raise: a constraint of the schema was violated."""
 
 
@@ -1192,11 +1192,11 @@ class FakeTransfers(_Repository):
             counts[t.shard] = counts.get(t.shard, 0) + 1
         return counts
 
-    def release_quarantined(self, transfer_id: str) -> bool:
+    def release_quarantined_ids(self, transfer_id: str) -> list[str]:
         s = self._statement("release_quarantined")
         named = s.transfers.get(transfer_id)
         if named is None:
-            return False
+            return []
         # As RELEASE: the named transfer, and the rest of its atomic group with it.
         group_id = named.group_id
         ids = [
@@ -1206,7 +1206,7 @@ class FakeTransfers(_Repository):
             and (row_id == transfer_id or (group_id is not None and row.group_id == group_id))
         ]
         if not ids:
-            return False
+            return []
         for row_id in ids:
             self._uow.lock_row("transfers", row_id)
         self._uow.wrote()
@@ -1214,7 +1214,7 @@ class FakeTransfers(_Repository):
             row = self._s.transfers[row_id]
             row.status, row.posting_attempts, row.posting_retry_at = "pending", 0, None
             _check_transfer(self._s, row)
-        return True
+        return ids
 
 
 # ----------------------------------------------------------------------------- entries

@@ -33,7 +33,7 @@ from ledger_core.domain.model import Posted, Rejected, RejectionReason
 from ledger_core.domain.rules import posting_shard
 from ledger_core.service_layer import posting, webhooks
 from ledger_core.service_layer.accounts import get_account
-from ledger_core.service_layer.errors import Response, StorageUnavailableError
+from ledger_core.service_layer.errors import Response, StorageRefusedError, StorageUnavailableError
 from ledger_core.service_layer.posting import PostingBrokenError, PostingOptions
 from ledger_core.service_layer.reconcile import reconcile
 
@@ -54,7 +54,7 @@ def bob(store) -> str:
 
 
 def poison(store: FakeStore, transfer_id: str, error: Exception | None = None) -> None:
-    store.poisoned[transfer_id] = error or RuntimeError(f"corrupt row {transfer_id}")
+    store.poisoned[transfer_id] = error or StorageRefusedError(f"corrupt row {transfer_id}")
 
 
 def violated(store: FakeStore) -> dict:
@@ -351,7 +351,7 @@ def test_a_poisoned_transfer_is_isolated_and_the_others_post(store, metrics):
     assert store.statuses(ids) == ["posted", "posted", "pending", "posted", "posted"]
     row = store.transfer(ids[2])
     assert row.posting_attempts == 1
-    assert row.posting_error == f"RuntimeError: corrupt row {ids[2]}"
+    assert row.posting_error == f"StorageRefusedError: corrupt row {ids[2]}"
     assert row.posting_retry_at == store.now() + timedelta(seconds=1)
     assert metrics.failures == ["batch", "transfer"]
     assert violated(store) == {}
@@ -446,7 +446,7 @@ def test_a_poisoned_member_fails_its_whole_group_and_the_neighbours_post(store, 
 
 def test_when_every_unit_fails_the_system_is_broken_and_nobody_is_counted(store, metrics):
     ids = funded_transfers(store, 3)
-    store.faults["transfers.finalize"] = RuntimeError("column does not exist")
+    store.faults["transfers.finalize"] = StorageRefusedError("column does not exist")
     with pytest.raises(PostingBrokenError):
         posting.post_claimed(store, shard=0, limit=10, options=PostingOptions(metrics=metrics))
     assert [store.transfer(i).posting_attempts for i in ids] == [0, 0, 0]
@@ -457,7 +457,7 @@ def test_when_every_unit_fails_the_system_is_broken_and_nobody_is_counted(store,
 
 def test_a_batch_of_one_that_fails_is_counted_it_cannot_tell_the_system_is_broken(store):
     [transfer_id] = funded_transfers(store, 1)
-    store.faults["transfers.finalize"] = RuntimeError("column does not exist")
+    store.faults["transfers.finalize"] = StorageRefusedError("column does not exist")
     report = posting.post_claimed(store, shard=0, limit=10)
     assert (report.claimed, report.outcomes) == (1, [])
     assert store.transfer(transfer_id).posting_attempts == 1
@@ -623,3 +623,29 @@ def test_books_always_balance(ops, overdrafts, batch_size_max):
     assert len(wake.calls) == accepted
     balances = store.balances()
     assert sum(balances.values()) == 0
+
+
+def test_an_error_that_is_not_the_storage_refusing_is_not_blamed_on_transfers(store):
+    # A time limit, or a bug outside the storage: the batch is tried again as it was.
+    ids = funded_transfers(store, 3)
+    store.faults["transfers.finalize"] = RuntimeError("soft time limit exceeded")
+    with pytest.raises(RuntimeError, match="soft time limit"):
+        posting.post_claimed(store, shard=0, limit=10)
+    assert store.statuses(ids) == ["pending"] * 3
+    assert [store.transfer(i).posting_attempts for i in ids] == [0, 0, 0]
+
+
+def test_a_quarantined_transfer_given_up_on_is_rejected_with_its_event(store):
+    [transfer_id] = funded_transfers(store, 1)
+    poison(store, transfer_id)
+    for _ in range(3):
+        posting.post_claimed(store, shard=0, limit=10, options=QUICK)
+        store.advance(10)
+    assert store.status(transfer_id) == "quarantined"
+    assert posting.reject_quarantined(store, transfer_id) == [transfer_id]
+    row = store.transfer(transfer_id)
+    assert (row.status, row.rejection_reason) == ("rejected", "posting_failed")
+    events = [e for e in store.state.events.values() if e.transfer_id == transfer_id]
+    assert [e.type for e in events] == ["transfer.rejected"]
+    assert posting.reject_quarantined(store, transfer_id) == []  # rejected already
+    assert violated(store) == {}
