@@ -64,7 +64,7 @@ FOOTNOTE = (
 MARKDOWN_PREAMBLE = """# Performance
 
 Figures from one run of `make bench` (`python -m bench`, see `bench/run.py`) on the
-machine below: the API under gunicorn as the Procfile runs it (2 workers x 8 threads),
+machine below: the API under gunicorn as the Procfile runs it (2 workers x 16 threads),
 the Celery posting workers (prefork, concurrency 2), PostgreSQL (durable commits) and
 Valkey, all on one machine with the load client. Run it again for your own machine;
 timings vary by machine and by run.
