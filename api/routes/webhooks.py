@@ -78,7 +78,8 @@ def get_endpoint(call: Call, endpoint_id: str) -> ResponseReturnValue:
     bp,
     "PATCH",
     ENDPOINT,
-    summary="Change url, events, account_ids, description or status",
+    summary="Change url, events, account_ids, description or status; enabling a disabled"
+    " endpoint replays the events it missed while disabled",
     scope=Scope.ADMIN,
     body=schemas.EndpointUpdate,
     responses={200: schemas.Endpoint, 404: None, 422: None},
@@ -92,7 +93,32 @@ def update_endpoint(call: Call, endpoint_id: str) -> ResponseReturnValue:
             services.url_guard,
             endpoint_id,
             body.model_dump(exclude_unset=True),
+            replay_events_max=services.settings.webhook_replay_events_max,
         )
+    )
+
+
+@operation(
+    bp,
+    "POST",
+    ENDPOINT + "/replay",
+    summary="Create a delivery, due now, for every matching event recorded since `since`"
+    " that the endpoint has none for (at most WEBHOOK_REPLAY_EVENTS_MAX per call)",
+    scope=Scope.ADMIN,
+    body=schemas.ReplayRequest,
+    responses={202: schemas.Replay, 404: None, 409: None, 422: None},
+)
+def replay_endpoint(call: Call, endpoint_id: str) -> ResponseReturnValue:
+    body: schemas.ReplayRequest = call.body
+    services = _services()
+    return to_http(
+        webhooks.replay_endpoint(
+            services.uow_factory,
+            endpoint_id,
+            since=body.since,
+            events_max=services.settings.webhook_replay_events_max,
+        ),
+        status=202,
     )
 
 

@@ -47,6 +47,9 @@ class BackgroundThread:
         self._signal = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        # Shards taken off the set whose wake-up is still being published: flush() waits
+        # for them too, not only for the set to be empty.
+        self._waking = 0
         self.dropped = 0
 
     def wake(self, shard: int) -> None:
@@ -72,7 +75,7 @@ class BackgroundThread:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             with self._lock:
-                idle = not self._shards and self._jobs.unfinished_tasks == 0
+                idle = not self._shards and not self._waking and self._jobs.unfinished_tasks == 0
             if idle:
                 return True
             time.sleep(0.005)
@@ -94,12 +97,16 @@ class BackgroundThread:
             self._signal.clear()
             with self._lock:
                 shards, self._shards = self._shards, set()
+                self._waking = len(shards)
             for shard in sorted(shards):
                 try:
                     self._wake(shard)
                 except Exception:
                     self._on_error("wake")
                     log.exception("waking posting shard %d failed; the sweeper will", shard)
+                finally:
+                    with self._lock:
+                        self._waking -= 1
             while True:
                 try:
                     job = self._jobs.get_nowait()

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
 from ledger_core.config import posting_queue
+from ledger_core.domain.webhooks import ATTEMPT_OUTCOMES
 
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -74,12 +75,22 @@ posting_failures_total = Counter(
 background_errors_total = Counter(
     "ledger_background_errors_total",
     "After-commit work that failed: wake (a posting wake-up not published; the sweeper"
-    " covers it), job (a cache write), dropped (queue full).",
+    " covers it), enqueue (a webhook delivery not published; the scheduler covers it),"
+    " cache_write (an idempotent answer not copied to Redis), job (another job),"
+    " dropped (queue full).",
     ["kind"],
 )
+# Declared at zero, so that an alert on their rate has a series before the first failure.
+BACKGROUND_ERROR_KINDS = ("wake", "enqueue", "cache_write", "job", "dropped")
+for _kind in BACKGROUND_ERROR_KINDS:
+    background_errors_total.labels(_kind)
 webhook_attempts_total = Counter(
     "ledger_webhook_attempts_total", "Webhook delivery attempts by outcome.", ["outcome"]
 )
+# Every outcome at zero from the first scrape, in every process that imports this: a rate or
+# an alert on an outcome that has not happened yet reads 0, not "no data".
+for _outcome in ATTEMPT_OUTCOMES:
+    webhook_attempts_total.labels(_outcome)
 
 
 class PrometheusMetrics:
@@ -104,13 +115,19 @@ class PrometheusMetrics:
         webhook_attempts_total.labels(outcome).inc()
 
 
+_SAME = object()
+
+
 class SystemCollector(Collector):
     """Gauges read at scrape time from PostgreSQL and Redis: true for the whole system,
     whichever process serves them."""
 
-    def __init__(self, engine: Engine, redis: Any) -> None:
+    def __init__(self, engine: Engine, redis: Any, broker_redis: Any = _SAME) -> None:
+        """`redis` holds the last reconciliation; `broker_redis` the queues (by default
+        the same client; None when the broker is not Redis: no depth gauge then)."""
         self._engine = engine
         self._redis = redis
+        self._broker_redis = redis if broker_redis is _SAME else broker_redis
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         oldest = GaugeMetricFamily(
@@ -142,9 +159,13 @@ class SystemCollector(Collector):
             "When the last reconciliation ran (Unix seconds).",
         )
         try:
-            for queue in QUEUES:
-                depth.add_metric([queue], float(self._redis.llen(queue)))
-            yield depth
+            if self._broker_redis is not None:
+                for queue in QUEUES:
+                    depth.add_metric([queue], float(self._broker_redis.llen(queue)))
+                yield depth
+        except Exception:  # noqa: S110 (same)
+            pass
+        try:
             raw = self._redis.get(RECONCILIATION_KEY)
             if raw is not None:
                 report = json.loads(raw)

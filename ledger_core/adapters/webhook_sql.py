@@ -1,23 +1,76 @@
 """PostgreSQL repositories of webhook endpoints, events (the outbox) and deliveries.
 
 Times come from the caller (an injectable clock), not from the database's now(), so
-that schedules can be tested without waiting.
+that schedules can be tested without waiting. Two are the database's own clock, since they
+are compared with each other: `disabled_at` of an endpoint and `recorded_at` of an event.
+
+Locks are taken endpoint first, then its deliveries, by every statement sequence here that
+takes both (a claim, recording an attempt, a disable): two of them never deadlock.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from ledger_core.adapters import tables as t
 from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain.records import AttemptRecord, DeliveryRecord, EndpointRecord
 from ledger_core.domain.webhooks import AttemptDecision, DeliveryStatus, EndpointStatus
-from ledger_core.service_layer.ports import ClaimedDelivery
+from ledger_core.service_layer.ports import ClaimedDelivery, EndpointBusy
 
 RETRYABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
+# Enabling an endpoint waits this long at most for the postings in flight to finish (new
+# postings queue behind it meanwhile); past it the request fails and can be retried.
+enable_wait_for_postings_timeout_milliseconds = 5_000
+# Ids sort by the clock of whoever drew them (domain.ids): the posting statement's, or a
+# worker's. Replays scan events by id from this long before `since`, then keep those
+# recorded since then, so clock skew and long postings cannot hide an event.
+replay_id_margin_seconds = 3600
+ENABLE_WAIT_FOR_POSTINGS = (
+    f"SET LOCAL lock_timeout = {enable_wait_for_postings_timeout_milliseconds}",
+    # SHARE conflicts with the ROW EXCLUSIVE lock a posting takes to insert its events,
+    # before its statement's snapshot: this waits for the postings that may not have seen
+    # the endpoint enabled, and holds back later ones until the enabling commits.
+    "LOCK TABLE events IN SHARE MODE",
+)
+# One delivery, due now, per matching event recorded since %(since)s that the endpoint has
+# none for. The match is domain.webhooks.endpoint_matches, as the posting statement
+# (sql_transfers.FINALIZE) does it: the event type among the endpoint's, and its accounts
+# ("every account" is a JSON null) among the transfer's.
+ADD_MISSED = """
+    INSERT INTO webhook_deliveries (id, event_id, endpoint_id, next_attempt_at, created_at)
+    SELECT 'wd_'
+           || lpad(to_hex((extract(epoch FROM statement_timestamp()) * 1000)::bigint), 12, '0')
+           || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0')
+           || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0'),
+           m.id, %(endpoint_id)s, %(now)s, %(now)s
+    FROM (
+        SELECT e.id
+        FROM events e
+        JOIN transfers t ON t.id = e.transfer_id
+        JOIN webhook_endpoints ep ON ep.id = %(endpoint_id)s
+        WHERE e.id >= %(first_id)s
+          AND coalesce(e.recorded_at, e.created_at) >= %(since)s
+          AND ep.events ? e.type
+          AND (ep.account_ids IS NULL OR jsonb_typeof(ep.account_ids) = 'null'
+               -- The accounts its live delivery matched: a two-account movement's
+               -- pair, or every leg of a transaction, a payment or a reversal.
+               OR ep.account_ids ?| (ARRAY[t.source_account_id, t.destination_account_id]
+                   || ARRAY(SELECT l.account_id FROM transfer_legs l
+                            WHERE l.transfer_id = t.id)))
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries d
+              WHERE d.event_id = e.id AND d.endpoint_id = ep.id)
+        ORDER BY e.id
+        LIMIT %(limit)s
+    ) m
+    -- A replay running at the same time may have created it.
+    ON CONFLICT (event_id, endpoint_id) DO NOTHING
+    RETURNING id
+"""
 
 
 def _endpoint(row: Any) -> EndpointRecord:
@@ -34,6 +87,7 @@ def _endpoint(row: Any) -> EndpointRecord:
         previous_secret_expires_at=row.previous_secret_expires_at,
         failing_since=row.failing_since,
         created_at=row.created_at,
+        disabled_at=row.disabled_at,
     )
 
 
@@ -110,6 +164,42 @@ class EndpointRepository:
             .values(failing_since=now)
         )
 
+    def lock(self, endpoint_id: str) -> EndpointRecord | None:
+        # FOR NO KEY UPDATE: the lock the UPDATEs of this row take anyway, so that taking
+        # it first changes the order of locks, not their kind. Deleted rows too: an
+        # attempt in flight is still recorded.
+        row = self._c.execute(
+            select(t.webhook_endpoints)
+            .where(t.webhook_endpoints.c.id == endpoint_id)
+            .with_for_update(key_share=True)
+        ).first()
+        return None if row is None else _endpoint(row)
+
+    def disable(self, endpoint_id: str, *, reason: str) -> None:
+        e = t.webhook_endpoints
+        already = and_(e.c.status == EndpointStatus.DISABLED.value, e.c.disabled_at.is_not(None))
+        self._c.execute(
+            update(e)
+            .where(e.c.id == endpoint_id)
+            .values(
+                status=EndpointStatus.DISABLED.value,
+                disabled_reason=reason,
+                # The clock, not the transaction's start: compared with the recorded_at of
+                # events that postings insert meanwhile.
+                disabled_at=case((already, e.c.disabled_at), else_=func.clock_timestamp()),
+            )
+        )
+
+    def enable(self, endpoint_id: str) -> None:
+        self.update(
+            endpoint_id,
+            status=EndpointStatus.ENABLED.value,
+            disabled_reason=None,
+            failing_since=None,
+        )
+        for statement in ENABLE_WAIT_FOR_POSTINGS:
+            self._c.exec_driver_sql(statement)
+
 
 class EventRepository:
     def __init__(self, connection: LazyConnection) -> None:
@@ -179,28 +269,65 @@ class DeliveryRepository:
         )
 
     def claim(
-        self, delivery_id: str, *, now: datetime, lease_until: datetime
-    ) -> ClaimedDelivery | None:
-        """Take the delivery for one attempt if it is due and nobody holds it.
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        lease_token: str,
+        endpoint_concurrency_max: int,
+        busy_retry_at: datetime,
+    ) -> ClaimedDelivery | EndpointBusy | None:
+        """Take the delivery for one attempt if it is due, nobody holds it, and its
+        endpoint has a free slot.
 
-        One UPDATE decides: of two workers given the same id, one gets the row back.
-        The attempt is counted now, so an attempt cut short by a crash still counts.
+        The endpoint's row lock is taken first (the order every writer of an endpoint and
+        its deliveries follows), and serialises the claims of one endpoint: the live
+        leases counted under it are all there are. Then one UPDATE decides between two
+        workers given the same id. The attempt is counted now, so an attempt cut short by
+        a crash still counts.
         """
         d = t.webhook_deliveries
+        # Read first without a lock: a task for a delivery not due (a duplicate, a late
+        # one) then costs one index probe and no endpoint lock.
+        endpoint_id = self._c.scalar(
+            select(d.c.endpoint_id).where(d.c.id == delivery_id, self._due(now))
+        )
+        if endpoint_id is None:
+            return None
+        endpoint = self._c.execute(
+            select(t.webhook_endpoints)
+            .where(t.webhook_endpoints.c.id == endpoint_id)
+            .with_for_update(key_share=True)
+        ).one()
+        leases = self._c.scalar(
+            select(func.count())
+            .select_from(d)
+            .where(d.c.endpoint_id == endpoint_id, d.c.leased_until > now)
+        )
+        if leases >= endpoint_concurrency_max:
+            # Left due a little later, with no task marked queued: the scheduler enqueues it
+            # again then. Nothing is counted: no attempt was made.
+            deferred = self._c.execute(
+                update(d)
+                .where(d.c.id == delivery_id, self._due(now))
+                .values(next_attempt_at=busy_retry_at, enqueued_until=None)
+                .returning(d.c.id)
+            ).first()
+            return None if deferred is None else EndpointBusy(endpoint_id, leases)
         row = self._c.execute(
             update(d)
             .where(d.c.id == delivery_id, self._due(now))
-            .values(attempts=d.c.attempts + 1, leased_until=lease_until)
-            .returning(d.c.id, d.c.attempts, d.c.event_id, d.c.endpoint_id)
+            .values(attempts=d.c.attempts + 1, leased_until=lease_until, lease_token=lease_token)
+            .returning(d.c.id, d.c.attempts, d.c.event_id)
         ).first()
         if row is None:
             return None
-        endpoint = self._c.execute(
-            select(t.webhook_endpoints).where(t.webhook_endpoints.c.id == row.endpoint_id)
-        ).one()
         payload = self._c.scalar(select(t.events.c.payload).where(t.events.c.id == row.event_id))
         assert payload is not None, "a delivery's event exists (events cannot be deleted)"
-        return ClaimedDelivery(row.id, row.attempts, row.event_id, payload, _endpoint(endpoint))
+        return ClaimedDelivery(
+            row.id, row.attempts, row.event_id, payload, _endpoint(endpoint), lease_token
+        )
 
     def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]:
         """Due deliveries with no task on the queue: mark them queued and return their ids."""
@@ -228,7 +355,29 @@ class DeliveryRepository:
         error: str | None,
         duration_milliseconds: int,
         decision: AttemptDecision,
-    ) -> None:
+        lease_token: str,
+    ) -> bool:
+        d = t.webhook_deliveries
+        recorded = self._c.execute(
+            update(d)
+            # The lease fences the write: a worker whose lease expired and was claimed
+            # again no longer holds this token, and its outcome is not the delivery's.
+            .where(d.c.id == delivery_id, d.c.lease_token == lease_token)
+            .values(
+                status=decision.status.value,
+                next_attempt_at=decision.next_attempt_at,
+                leased_until=None,
+                lease_token=None,
+                # The task that made this attempt is done: the next one is due on the
+                # schedule, not after the requeue window of the first enqueue.
+                enqueued_until=None,
+                last_status_code=status_code,
+                last_error=error,
+            )
+            .returning(d.c.id)
+        ).first()
+        if recorded is None:
+            return False
         self._c.execute(
             t.webhook_attempts.insert().values(
                 delivery_id=delivery_id,
@@ -238,20 +387,7 @@ class DeliveryRepository:
                 duration_milliseconds=duration_milliseconds,
             )
         )
-        self._c.execute(
-            update(t.webhook_deliveries)
-            .where(t.webhook_deliveries.c.id == delivery_id)
-            .values(
-                status=decision.status.value,
-                next_attempt_at=decision.next_attempt_at,
-                leased_until=None,
-                # The task that made this attempt is done: the next one is due on the
-                # schedule, not after the requeue window of the first enqueue.
-                enqueued_until=None,
-                last_status_code=status_code,
-                last_error=error,
-            )
-        )
+        return True
 
     def abandon(self, delivery_id: str, *, error: str) -> None:
         self._c.execute(
@@ -261,6 +397,7 @@ class DeliveryRepository:
                 status=DeliveryStatus.ABANDONED.value,
                 next_attempt_at=None,
                 leased_until=None,
+                lease_token=None,
                 enqueued_until=None,
                 last_error=error,
             )
@@ -288,3 +425,20 @@ class DeliveryRepository:
             .returning(d.c.id)
         ).first()
         return row is not None
+
+    def add_missed(self, endpoint_id: str, *, since: datetime, limit: int, now: datetime) -> int:
+        margin = timedelta(seconds=replay_id_margin_seconds)
+        # A `since` near year 1 has no earlier time to scan from: scan from the first id.
+        scan_from_ms = (since.timestamp() - margin.total_seconds()) * 1000
+        first_id = f"evt_{max(0, int(scan_from_ms)):012x}"
+        created = self._c.exec_driver_sql(
+            ADD_MISSED,
+            {
+                "endpoint_id": endpoint_id,
+                "since": since,
+                "first_id": first_id,
+                "limit": limit,
+                "now": now,
+            },
+        ).fetchall()
+        return len(created)

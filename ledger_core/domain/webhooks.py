@@ -16,18 +16,59 @@ from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
 
-from ledger_core.domain.model import TransferStatus
+from ledger_core.domain.model import TransferKind, TransferStatus
+from ledger_core.domain.movement_records import TransactionRecord
 from ledger_core.domain.records import EndpointRecord, TransferRecord, iso_utc
 
 
 class EventType(StrEnum):
     TRANSFER_POSTED = "transfer.posted"
     TRANSFER_REJECTED = "transfer.rejected"
+    TRANSACTION_POSTED = "transaction.posted"
+    TRANSACTION_REJECTED = "transaction.rejected"
+    PAYMENT_POSTED = "payment.posted"
+    PAYMENT_REJECTED = "payment.rejected"
+    HOLD_CREATED = "hold.created"
+    HOLD_REJECTED = "hold.rejected"
+    HOLD_CAPTURED = "hold.captured"
+    HOLD_VOIDED = "hold.voided"
+    HOLD_EXPIRED = "hold.expired"
+    # A capture, void or expiry that came too late (another action settled the hold).
+    HOLD_ACTION_REJECTED = "hold.action_rejected"
+    CASHBACK_POSTED = "cashback.posted"
+    CASHBACK_REJECTED = "cashback.rejected"
+    TRANSFER_REVERSED = "transfer.reversed"
+    REVERSAL_REJECTED = "transfer.reversal_rejected"
 
 
-EVENT_TYPE_BY_STATUS: Final = {
-    TransferStatus.POSTED.value: EventType.TRANSFER_POSTED,
-    TransferStatus.REJECTED.value: EventType.TRANSFER_REJECTED,
+_POSTED, _REJECTED = TransferStatus.POSTED.value, TransferStatus.REJECTED.value
+# The event each movement sends when it is final, by its kind and its status: one event
+# per movement. The posting statement turns this table into SQL (sql_transfers.py).
+EVENT_TYPES: Final[dict[tuple[str, str], EventType]] = {
+    **{
+        (kind.value, _POSTED): EventType.TRANSFER_POSTED
+        for kind in (TransferKind.DEPOSIT, TransferKind.WITHDRAWAL, TransferKind.TRANSFER)
+    },
+    **{
+        (kind.value, _REJECTED): EventType.TRANSFER_REJECTED
+        for kind in (TransferKind.DEPOSIT, TransferKind.WITHDRAWAL, TransferKind.TRANSFER)
+    },
+    (TransferKind.TRANSACTION.value, _POSTED): EventType.TRANSACTION_POSTED,
+    (TransferKind.TRANSACTION.value, _REJECTED): EventType.TRANSACTION_REJECTED,
+    (TransferKind.PAYMENT.value, _POSTED): EventType.PAYMENT_POSTED,
+    (TransferKind.PAYMENT.value, _REJECTED): EventType.PAYMENT_REJECTED,
+    (TransferKind.HOLD.value, _POSTED): EventType.HOLD_CREATED,
+    (TransferKind.HOLD.value, _REJECTED): EventType.HOLD_REJECTED,
+    (TransferKind.CAPTURE.value, _POSTED): EventType.HOLD_CAPTURED,
+    (TransferKind.CAPTURE.value, _REJECTED): EventType.HOLD_ACTION_REJECTED,
+    (TransferKind.VOID.value, _POSTED): EventType.HOLD_VOIDED,
+    (TransferKind.VOID.value, _REJECTED): EventType.HOLD_ACTION_REJECTED,
+    (TransferKind.EXPIRE.value, _POSTED): EventType.HOLD_EXPIRED,
+    (TransferKind.EXPIRE.value, _REJECTED): EventType.HOLD_ACTION_REJECTED,
+    (TransferKind.CASHBACK.value, _POSTED): EventType.CASHBACK_POSTED,
+    (TransferKind.CASHBACK.value, _REJECTED): EventType.CASHBACK_REJECTED,
+    (TransferKind.REVERSAL.value, _POSTED): EventType.TRANSFER_REVERSED,
+    (TransferKind.REVERSAL.value, _REJECTED): EventType.REVERSAL_REJECTED,
 }
 
 
@@ -41,6 +82,19 @@ class DeliveryStatus(StrEnum):
 class EndpointStatus(StrEnum):
     ENABLED = "enabled"
     DISABLED = "disabled"
+
+
+# How a delivery task ends, as ledger_webhook_attempts_total counts it: the delivery's
+# status after an attempt, or why no attempt was made (endpoint disabled, or at its
+# concurrency cap) or why its outcome was dropped (the lease passed to another worker).
+ATTEMPT_OUTCOMES: Final = (
+    DeliveryStatus.SUCCEEDED.value,
+    DeliveryStatus.FAILED.value,
+    DeliveryStatus.ABANDONED.value,
+    "endpoint_disabled",
+    "endpoint_busy",
+    "lease_lost",
+)
 
 
 # About three days in all: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h, 6 h, 12 h, 24 h, 24 h.
@@ -140,25 +194,51 @@ def address_allowed(address: str, *, allow_loopback: bool) -> bool:
     loopback too in the development setting, for a receiver on the same machine."""
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
+        embedded = embedded_ipv4(ip)
         if embedded:
-            # An IPv6 form of an IPv4 address (mapped, NAT64, 6to4, Teredo) reaches that
-            # IPv4 address: judge every one it carries.
+            # An IPv6 form of an IPv4 address (mapped, compatible, SIIT, NAT64, 6to4,
+            # Teredo) may reach that IPv4 address: judge every one it carries.
             return all(address_allowed(str(v4), allow_loopback=allow_loopback) for v4 in embedded)
+        if ip.is_loopback:
+            return allow_loopback
+        # Python's is_global knows the IANA registry of its release only; these are not
+        # public whatever it says, and nothing outside global unicast (2000::/3) is.
+        if ip not in IPV6_GLOBAL_UNICAST or any(ip in net for net in IPV6_NEVER_PUBLIC):
+            return False
     if ip.is_loopback:
         return allow_loopback
     return ip.is_global and not ip.is_multicast
 
 
 NAT64_WELL_KNOWN_PREFIX: Final = ipaddress.IPv6Network("64:ff9b::/96")
+# ::a.b.c.d, deprecated (RFC 4291) but still routed to a.b.c.d by some stacks; :: and ::1
+# are the unspecified and loopback addresses, not IPv4 forms.
+IPV4_COMPATIBLE_PREFIX: Final = ipaddress.IPv6Network("::/96")
+# ::ffff:0:a.b.c.d, the IPv4-translated form of SIIT (RFC 7915).
+SIIT_TRANSLATED_PREFIX: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")
+IPV6_GLOBAL_UNICAST: Final = ipaddress.IPv6Network("2000::/3")
+IPV6_NEVER_PUBLIC: Final = (
+    # Local-use NAT64 (RFC 8215): translated into whatever IPv4 network the operator
+    # chose, where the embedded address sits at a position that depends on its prefix.
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    # Site-local (RFC 3879): deprecated, but a stack may still route it inside the site.
+    ipaddress.IPv6Network("fec0::/10"),
+    # Documentation (RFC 3849, RFC 9637), inside 2000::/3.
+    ipaddress.IPv6Network("2001:db8::/32"),
+    ipaddress.IPv6Network("3fff::/20"),
+)
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and may be delivered to."""
     found: list[ipaddress.IPv4Address] = []
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
     if ip.ipv4_mapped is not None:
         found.append(ip.ipv4_mapped)
-    if ip in NAT64_WELL_KNOWN_PREFIX:
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    if ip in IPV4_COMPATIBLE_PREFIX and int(ip) > 1:
+        found.append(low32)
+    if ip in SIIT_TRANSLATED_PREFIX or ip in NAT64_WELL_KNOWN_PREFIX:
+        found.append(low32)
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)
     if ip.teredo is not None:
@@ -179,5 +259,19 @@ def event_payload(event_id: str, event_type: str, now: datetime, transfer: Trans
     statement from the final row; this is the reference its tests hold it to."""
     return json.dumps(
         {"id": event_id, "type": event_type, "timestamp": iso_utc(now), "data": transfer.to_json()},
+        separators=(",", ":"),
+    )
+
+
+EVENT_PREFIX: Final = "evt"
+
+
+def transaction_event_payload(
+    event_id: str, event_type: str, now: datetime, movement: TransactionRecord
+) -> str:
+    """The payload of an event about any movement but a two-account transfer, built by
+    the posting worker."""
+    return json.dumps(
+        {"id": event_id, "type": event_type, "timestamp": iso_utc(now), "data": movement.to_json()},
         separators=(",", ":"),
     )

@@ -20,11 +20,15 @@ from ledger_core.adapters.webhook_http import AttemptResult, signature_headers
 from ledger_core.domain.model import TransferKind
 from ledger_core.domain.webhooks import DeliveryStatus, signing_secrets
 from ledger_core.service_layer import posting, webhooks
+from ledger_core.service_layer.ports import ClaimedDelivery
 from tests.support.books import Books
 
 FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3650)
 SCHEDULE = (5.0, 60.0, 3600.0)
 REQUEUE_AFTER_SECONDS = 60
+LEASE_SECONDS = 30
+ENDPOINT_CONCURRENCY_MAX = 2
+BUSY_RETRY_AFTER_SECONDS = 5.0
 
 
 class AllowAll:
@@ -69,7 +73,9 @@ def setting(uow_factory: Any) -> Iterator[dict[str, Any]]:
         description=None,
     )
     yield {"books": books, "account_id": account_id, "endpoint": endpoint}
-    webhooks.update_endpoint(uow_factory, AllowAll(), endpoint["id"], {"status": "disabled"})
+    webhooks.update_endpoint(
+        uow_factory, AllowAll(), endpoint["id"], {"status": "disabled"}, replay_events_max=10
+    )
 
 
 def accept_deposit(uow_factory: Any, setting: dict[str, Any], amount: int = 10) -> str:
@@ -92,15 +98,36 @@ def posted_delivery(uow_factory: Any, setting: dict[str, Any], clock: Clock) -> 
     return enqueued[0]
 
 
-def attempt(uow_factory: Any, sender: Any, delivery_id: str, clock: Clock) -> Any:
+def attempt(
+    uow_factory: Any,
+    sender: Any,
+    delivery_id: str,
+    clock: Clock,
+    *,
+    schedule: tuple[float, ...] = SCHEDULE,
+    concurrency_max: int = ENDPOINT_CONCURRENCY_MAX,
+) -> Any:
     return webhooks.attempt_delivery(
         uow_factory,
         sender,
         delivery_id,
-        schedule=SCHEDULE,
-        lease_seconds=30,
+        schedule=schedule,
+        lease_seconds=LEASE_SECONDS,
+        endpoint_concurrency_max=concurrency_max,
+        busy_retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
         clock=clock,
         jitter=lambda: 0.0,
+    )
+
+
+def claim(uow: Any, delivery_id: str, now: datetime, lease_until: datetime, token: str) -> Any:
+    return uow.deliveries.claim(
+        delivery_id,
+        now=now,
+        lease_until=lease_until,
+        lease_token=token,
+        endpoint_concurrency_max=ENDPOINT_CONCURRENCY_MAX,
+        busy_retry_at=now + timedelta(seconds=BUSY_RETRY_AFTER_SECONDS),
     )
 
 
@@ -180,17 +207,7 @@ def test_endpoint_failing_for_five_days_is_disabled(
     sender = ScriptedSender([503] * 10)
     statuses = []
     for _ in range(6):
-        statuses.append(
-            webhooks.attempt_delivery(
-                uow_factory,
-                sender,
-                delivery_id,
-                schedule=long_schedule,
-                lease_seconds=30,
-                clock=clock,
-                jitter=lambda: 0.0,
-            )
-        )
+        statuses.append(attempt(uow_factory, sender, delivery_id, clock, schedule=long_schedule))
         clock.advance_to(clock.now + timedelta(days=1))
     assert statuses[:5] == [DeliveryStatus.FAILED] * 5
     assert statuses[5] is DeliveryStatus.ABANDONED
@@ -204,26 +221,21 @@ def test_a_claimed_delivery_is_leased_to_one_worker_until_its_lease_ends(
     clock = Clock()
     delivery_id = posted_delivery(uow_factory, setting, clock)
     with uow_factory() as uow:
-        first = uow.deliveries.claim(
-            delivery_id, now=clock.now, lease_until=clock.now + timedelta(seconds=30)
-        )
+        first = claim(uow, delivery_id, clock.now, clock.now + timedelta(seconds=30), "first")
         uow.commit()
-    assert first is not None
+    assert isinstance(first, ClaimedDelivery)
     # The first worker "died" mid-send: a second cannot claim until the lease is over.
     with uow_factory() as uow:
-        assert (
-            uow.deliveries.claim(
-                delivery_id, now=clock.now + timedelta(seconds=29), lease_until=clock.now
-            )
-            is None
-        )
-        second = uow.deliveries.claim(
+        assert claim(uow, delivery_id, clock.now + timedelta(seconds=29), clock.now, "x") is None
+        second = claim(
+            uow,
             delivery_id,
-            now=clock.now + timedelta(seconds=31),
-            lease_until=clock.now + timedelta(seconds=61),
+            clock.now + timedelta(seconds=31),
+            clock.now + timedelta(seconds=61),
+            "second",
         )
         uow.commit()
-    assert second is not None
+    assert isinstance(second, ClaimedDelivery)
     assert second.attempts == 2
     assert second.event_id == first.event_id
 

@@ -1,7 +1,10 @@
-"""A real HTTP webhook receiver on loopback, with scripted answers per path."""
+"""A real HTTP webhook receiver on loopback, with scripted answers per path, and raw TCP
+servers that misbehave on purpose (never answer, answer a byte at a time)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -86,3 +89,84 @@ def start_receiver(port: int = 0) -> Receiver:
     receiver = Receiver(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return receiver
+
+
+class SocketServer:
+    """A loopback TCP server with one thread per connection, for receivers that misbehave
+    on purpose; `stop` closes the listener and every connection it holds."""
+
+    def __init__(self, handle: Callable[[socket.socket, threading.Event], None]) -> None:
+        self._handle = handle
+        self._stopped = threading.Event()
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    def url(self, path: str, scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._connections.append(connection)
+                self.accepted += 1
+            threading.Thread(target=self._run, args=(connection,), daemon=True).start()
+
+    def _run(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self._handle(connection, self._stopped)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.close()
+
+
+def start_blackhole() -> SocketServer:
+    """Accepts every connection, reads what comes, never answers (until stopped)."""
+
+    def hold(connection: socket.socket, stopped: threading.Event) -> None:
+        connection.settimeout(0.2)
+        while not stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                if not connection.recv(65536):
+                    return
+
+    return SocketServer(hold)
+
+
+TRICKLED_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def start_trickler(
+    interval_seconds: float, response: bytes = TRICKLED_RESPONSE, *, at_once_bytes: int = 0
+) -> SocketServer:
+    """Reads the request's first bytes, sends the first `at_once_bytes` of `response`, then
+    one byte every `interval_seconds`: each read of the client gets data in time, the
+    whole answer takes as many intervals as the bytes left."""
+
+    def trickle(connection: socket.socket, stopped: threading.Event) -> None:
+        connection.recv(65536)
+        connection.sendall(response[:at_once_bytes])
+        for index in range(at_once_bytes, len(response)):
+            if stopped.wait(interval_seconds):
+                return
+            connection.sendall(response[index : index + 1])
+
+    return SocketServer(trickle)

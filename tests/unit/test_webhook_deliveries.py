@@ -17,6 +17,8 @@ from ledger_core.service_layer.ports import AttemptResult
 from ledger_core.service_layer.posting import PostingOptions
 
 SCHEDULE = tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE_SECONDS)
+ENDPOINT_CONCURRENCY_MAX = 2
+BUSY_RETRY_AFTER_SECONDS = 5.0
 
 
 class AllowEveryUrl:
@@ -66,6 +68,8 @@ def attempt(store: FakeStore, sender: Sender, delivery_id: str) -> DeliveryStatu
         delivery_id,
         schedule=SCHEDULE,
         lease_seconds=40,
+        endpoint_concurrency_max=ENDPOINT_CONCURRENCY_MAX,
+        busy_retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
         clock=store.now,
         jitter=lambda: 0.0,
     )
@@ -150,7 +154,12 @@ def test_a_manual_retry_waits_for_a_running_attempt(store):
     delivery_id = posted_delivery(store)
     with store() as uow:
         uow.deliveries.claim(
-            delivery_id, now=store.now(), lease_until=store.now() + timedelta(seconds=40)
+            delivery_id,
+            now=store.now(),
+            lease_until=store.now() + timedelta(seconds=40),
+            lease_token="other-worker",
+            endpoint_concurrency_max=ENDPOINT_CONCURRENCY_MAX,
+            busy_retry_at=store.now(),
         )
         uow.commit()
     enqueued: list[list[str]] = []

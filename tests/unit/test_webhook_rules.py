@@ -23,6 +23,7 @@ from ledger_core.adapters.webhook_http import (
     AddressGuard,
     AttemptResult,
     HttpxSender,
+    PinnedTransport,
     signature_headers,
 )
 from ledger_core.config import Settings
@@ -496,11 +497,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
     """Every request the real client would send, answered by `reply` instead of a socket."""
     sent: list[httpx.Request] = []
 
-    def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+    def handle_request(self: PinnedTransport, request: httpx.Request) -> httpx.Response:
         sent.append(request)
         return REPLIES[request.url.path](request)
 
-    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    monkeypatch.setattr(PinnedTransport, "handle_request", handle_request)
     return sent
 
 
@@ -724,6 +725,7 @@ class Claimed:
     event_id: str
     payload: str
     endpoint: EndpointRecord
+    lease_token: str
 
 
 class Recorder:
@@ -734,9 +736,13 @@ class Recorder:
         self.calls: list[tuple[str, Any]] = []
         self.commits = 0
 
-    def claim(self, delivery_id: str, *, now: datetime, lease_until: datetime) -> Claimed | None:
+    def claim(self, delivery_id: str, *, now: datetime, lease_until: datetime, **_: Any) -> Any:
         self.calls.append(("claim", (delivery_id, now, lease_until)))
         return self.claimed
+
+    def record_attempt(self, delivery_id: str, **kwargs: Any) -> bool:
+        self.calls.append(("record_attempt", (delivery_id, kwargs)))
+        return True
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         def record(*args: Any, **kwargs: Any) -> None:
@@ -794,6 +800,8 @@ def run_attempt(claimed: Claimed | None, status_code: int | None) -> Any:
         "wd_1",
         schedule=SCHEDULE,
         lease_seconds=40,
+        endpoint_concurrency_max=2,
+        busy_retry_after_seconds=5,
         clock=SteppingClock(T0),
         jitter=lambda: 0.5,
     )
@@ -801,7 +809,7 @@ def run_attempt(claimed: Claimed | None, status_code: int | None) -> Any:
 
 
 def claimed_with(**changes: Any) -> Claimed:
-    return Claimed("wd_1", 3, "evt_1", PAYLOAD, endpoint(**changes))
+    return Claimed("wd_1", 3, "evt_1", PAYLOAD, endpoint(**changes), "lease-1")
 
 
 def test_attempt_signs_with_both_secrets_during_a_rotation_and_retries_on_failure() -> None:
@@ -844,9 +852,7 @@ def test_attempt_success_is_recorded() -> None:
 def test_attempt_410_disables_the_endpoint_and_abandons_its_deliveries() -> None:
     status, recorder, _ = run_attempt(claimed_with(), 410)
     assert status is DeliveryStatus.ABANDONED
-    assert recorder.named("update") == [
-        (("we_1",), {"status": "disabled", "disabled_reason": "gone"})
-    ]
+    assert recorder.named("disable") == [(("we_1",), {"reason": "gone"})]
     assert recorder.named("abandon_for_endpoint") == [(("we_1",), {"error": "endpoint_disabled"})]
 
 
