@@ -70,6 +70,7 @@ task_routes = {
     "ledger.enqueue_due_webhooks": {"queue": "housekeeping"},
     "ledger.reconcile": {"queue": "housekeeping"},
     "ledger.prune_idempotency_keys": {"queue": "housekeeping"},
+    "ledger.release_due_holds": {"queue": "housekeeping"},
 }
 
 # Logging is ours (JSON with request, task and transfer ids): see workers/celery_app.py.
@@ -97,6 +98,11 @@ beat_schedule = {
         "task": "ledger.reconcile",
         "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "300")),
         "options": {"expires": 120},
+    },
+    "release-due-holds": {
+        "task": "ledger.release_due_holds",
+        "schedule": float(os.environ.get("HOLDS_INTERVAL_SECONDS", "5")),
+        "options": {"expires": 30},
     },
     "prune-idempotency-keys": {
         "task": "ledger.prune_idempotency_keys",

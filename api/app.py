@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from api.problems import ApiProblem, problem_response
-from api.routes import accounts, docs, health, transfers, webhooks
+from api.routes import accounts, docs, health, holds, payments, transactions, transfers, webhooks
 from api.wiring import build_services
 from ledger_core.adapters.logs import AccessLog, configure_logging
 from ledger_core.adapters.metrics import (
@@ -30,6 +30,9 @@ _ids = random.Random()  # noqa: S311 (request ids correlate logs; they guard not
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 database_retry_after_seconds = 1
+# Metric label values must be bounded: a client may send any method token (`FOO /`),
+# and each new value would be a new time series in every process, kept forever.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 HTTP_EXCEPTION_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -51,7 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     configure_logging("api")
     access_log = AccessLog("api")
     app.extensions["metrics_registry"] = registry_for_scrape(
-        SystemCollector(services.engine, services.redis)
+        SystemCollector(services.engine, services.redis, services.broker_redis)
     )
 
     @app.before_request
@@ -68,8 +71,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     def close_request_context(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-        http_requests_total.labels(request.method, route, str(response.status_code)).inc()
-        http_request_duration_seconds.labels(request.method, route).observe(elapsed)
+        method = request.method if request.method in METRIC_METHODS else "other"
+        http_requests_total.labels(method, route, str(response.status_code)).inc()
+        http_request_duration_seconds.labels(method, route).observe(elapsed)
         response.headers["X-Request-Id"] = g.get("request_id", "")
         access_log(
             method=request.method,
@@ -79,7 +83,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
         return response
 
-    for blueprint in (health.bp, accounts.bp, transfers.bp, webhooks.bp, docs.bp):
+    blueprints = (health.bp, accounts.bp, transfers.bp, transactions.bp, payments.bp, holds.bp)
+    for blueprint in (*blueprints, webhooks.bp, docs.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(ApiProblem)

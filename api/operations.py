@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, current_app, g, request
@@ -21,8 +22,31 @@ from api.problems import ApiProblem
 from ledger_core.domain import limits
 from ledger_core.service_layer.access import Scope, scope_allows
 from ledger_core.service_layer.idempotency import request_fingerprint
+from ledger_core.service_layer.movements import Keyed
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(rf"^[\x20-\x7e]{{1,{limits.idempotency_key_length_max}}}$")
+# Nesting levels of a request body (the top-level object is 1). The deepest valid body,
+# a batch item's metadata, is 4; the limit keeps the recursive parser, validator and
+# fingerprint far from Python's recursion limit (a RecursionError was a 500).
+request_json_depth_max = 32
+# What an id in a path may look like (ours are `prefix_` and hex). Anything else cannot
+# name a resource: it is answered 404 before it reaches PostgreSQL, which cannot even
+# compare text holding U+0000.
+PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NOT_FOUND_BY_PATH_PARAM = {
+    "account_id": "account_not_found",
+    "transfer_id": "transfer_not_found",
+    "batch_id": "batch_not_found",
+    "endpoint_id": "webhook_endpoint_not_found",
+    "delivery_id": "webhook_delivery_not_found",
+    "event_id": "event_not_found",
+    "transaction_id": "transaction_not_found",
+    "payment_id": "payment_not_found",
+    "hold_id": "hold_not_found",
+}
+# ASCII digits only: str.isdigit() also accepts "²" (which int() refuses) and other
+# scripts' digits; four digits are enough for any page size and cannot overflow.
+PAGE_LIMIT_PATTERN = re.compile(r"[0-9]{1,4}")
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,7 @@ class Operation:
     summary: str
     scope: Scope | None
     body: type[BaseModel] | None
-    responses: dict[int, type[BaseModel] | None]
+    responses: Mapping[int, type[BaseModel] | None]
     idempotency: str  # "required", "optional" or "none"
     query: dict[str, str] = field(default_factory=dict)
     tag: str = "ledger"
@@ -86,9 +110,34 @@ def _read_json(body_size_max_bytes: int) -> Any:
     request.max_content_length = body_size_max_bytes
     raw = request.get_data(cache=True)  # over the limit: 413 from Werkzeug
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        parsed = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError as error:
+        raise _too_deep() from error
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiProblem("malformed_json", f"The body is not valid JSON: {error}") from error
+    if _depth_exceeds(parsed, request_json_depth_max):
+        raise _too_deep()
+    return parsed
+
+
+def _too_deep() -> ApiProblem:
+    return ApiProblem(
+        "json_too_deep", f"The body is nested deeper than {request_json_depth_max} levels."
+    )
+
+
+def _depth_exceeds(value: Any, depth_max: int) -> bool:
+    """Without recursion: the body may be nested up to what the parser accepted."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > depth_max:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _validation_problem(error: ValidationError) -> ApiProblem:
@@ -100,7 +149,12 @@ def _validation_problem(error: ValidationError) -> ApiProblem:
         }
         for item in error.errors(include_url=False, include_input=False)
     ]
-    amounts = [e for e in errors if e["field"].rsplit(".", 1)[-1] == "amount"]
+    # An amount out of its range; not a field named amount where none is allowed.
+    amounts = [
+        e
+        for e in errors
+        if e["field"].rsplit(".", 1)[-1] == "amount" and e["type"] != "extra_forbidden"
+    ]
     code = "invalid_amount" if amounts else "validation_error"
     detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
     extra: dict[str, Any] = {"errors": errors}
@@ -136,7 +190,7 @@ def operation(
     *,
     summary: str,
     scope: Scope | None,
-    responses: dict[int, type[BaseModel] | None],
+    responses: Mapping[int, type[BaseModel] | None],
     body: type[BaseModel] | None = None,
     idempotency: str = "none",
     query: dict[str, str] | None = None,
@@ -164,6 +218,8 @@ def operation(
         @functools.wraps(view)
         def wrapper(**path_params: str) -> Any:
             api_key_id = _authenticate(scope) if scope is not None else None
+            _check_path_ids(path_params)
+            _refuse_unknown_query(query or {})
             parsed: Any = None
             request_hash = ""
             key: str | None = None
@@ -186,10 +242,59 @@ def operation(
     return decorate
 
 
+def _refuse_unknown_query(declared: dict[str, str]) -> None:
+    # As with unknown body fields: a misspelt `?limt=10` must not be silently ignored.
+    unknown = sorted(name for name in request.args if name not in declared)
+    if unknown:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise ApiProblem(
+            "invalid_query",
+            f"Unknown query parameter {unknown[0][:64]!r}; this operation takes: {allowed}.",
+        )
+
+
+def _check_path_ids(path_params: dict[str, str]) -> None:
+    for name, value in path_params.items():
+        if not PATH_ID_PATTERN.fullmatch(value):
+            code = NOT_FOUND_BY_PATH_PARAM.get(name, "not_found")
+            raise ApiProblem(code, f"No such {name.removesuffix('_id')}.")
+
+
 def page_limit() -> int:
     raw = request.args.get("limit", str(limits.page_size_default))
-    if not raw.isdigit() or not 1 <= int(raw) <= limits.page_size_max:
+    if not PAGE_LIMIT_PATTERN.fullmatch(raw) or not 1 <= int(raw) <= limits.page_size_max:
         raise ApiProblem(
             "invalid_query", f"limit must be an integer from 1 to {limits.page_size_max}."
         )
     return int(raw)
+
+
+# RFC 3339 with its offset: a time without one would be read in some server's zone.
+QUERY_TIME_PATTERN = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def query_time(name: str) -> datetime | None:
+    """The query parameter `name` as an aware datetime, None if absent; 400 if malformed."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    parsed = None
+    if QUERY_TIME_PATTERN.fullmatch(raw):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("z", "Z"))
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        raise ApiProblem(
+            "invalid_query",
+            f"{name} must be an RFC 3339 time with its offset, as 2026-01-31T23:59:59Z.",
+        )
+    return parsed
+
+
+def keyed(call: Call) -> Keyed:
+    """The request's key and fingerprint, for a route whose Idempotency-Key is required."""
+    assert call.api_key_id is not None and call.idempotency_key is not None
+    return Keyed(call.api_key_id, call.idempotency_key, call.request_hash)

@@ -2,6 +2,7 @@
 
 import os
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ledger_core.domain import limits
 from ledger_core.domain.webhooks import DEFAULT_RETRY_SCHEDULE_SECONDS
@@ -26,6 +27,19 @@ def redis_url_from_env() -> str:
     return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
 
 
+def next_database_url(redis_url: str) -> str:
+    """The same Redis server, logical database number + 1 (`/0` -> `/1`; `?db=` for
+    unix sockets): the default home of the idempotency cache, apart from the broker."""
+    parts = urlsplit(redis_url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix" or "db" in query:
+        query["db"] = str(int(query.get("db", "0")) + 1)
+        # Not urlunsplit: it drops the "//" of `unix:///path` when there is no host.
+        return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}"
+    number = int(parts.path.strip("/") or "0")
+    return urlunsplit(parts._replace(path=f"/{number + 1}"))
+
+
 def _int_env(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -45,6 +59,13 @@ def _schedule_env(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
 class Settings:
     database_url: str = field(default_factory=database_url_from_env)
     redis_url: str = field(default_factory=redis_url_from_env)
+    # Copies of idempotent answers, safe to evict: never in the broker's database, so a
+    # full cache cannot refuse tasks (the broker runs `noeviction`, the cache should
+    # run `allkeys-lru` with its own `maxmemory`, docs/operations.md). Empty: REDIS_URL's
+    # server, database number + 1.
+    idempotency_cache_url: str = field(
+        default_factory=lambda: os.environ.get("IDEMPOTENCY_CACHE_URL", "")
+    )
     # Pool per process: the API serves one request per thread, a worker one task per process.
     database_pool_size: int = field(default_factory=lambda: _int_env("DATABASE_POOL_SIZE", 10))
     database_pool_overflow_max: int = field(
@@ -78,9 +99,27 @@ class Settings:
     webhook_connect_timeout_seconds: float = field(
         default_factory=lambda: _float_env("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 3.0)
     )
-    # The whole attempt: connect, send, wait for and read the (capped) response.
+    # The DNS lookup of a webhook's host (the system resolver has no timeout of its own).
+    webhook_dns_timeout_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_DNS_TIMEOUT_SECONDS", 2.0)
+    )
+    # The whole attempt, one deadline: DNS, connect, TLS, send, wait for and read the
+    # (capped) response. Shorter than the lease (this plus the margin below).
     webhook_timeout_seconds: float = field(
         default_factory=lambda: _float_env("WEBHOOK_TIMEOUT_SECONDS", 10.0)
+    )
+    # Attempts in flight to one endpoint at once, across every webhooks process: a slow
+    # endpoint holds at most this many processes, whatever its backlog.
+    webhook_endpoint_concurrency_max: int = field(
+        default_factory=lambda: _int_env("WEBHOOK_ENDPOINT_CONCURRENCY_MAX", 2)
+    )
+    # A delivery whose endpoint is at that cap is due again after this (no attempt counted).
+    webhook_endpoint_busy_retry_after_seconds: float = field(
+        default_factory=lambda: _float_env("WEBHOOK_ENDPOINT_BUSY_RETRY_AFTER_SECONDS", 5.0)
+    )
+    # Deliveries one replay (or re-enabling an endpoint) creates at most.
+    webhook_replay_events_max: int = field(
+        default_factory=lambda: _int_env("WEBHOOK_REPLAY_EVENTS_MAX", 10_000)
     )
     webhook_response_body_size_max_bytes: int = field(
         default_factory=lambda: _int_env("WEBHOOK_RESPONSE_BODY_SIZE_MAX_BYTES", 4096)
@@ -110,6 +149,12 @@ class Settings:
     redis_socket_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("REDIS_SOCKET_TIMEOUT_SECONDS", "2"))
     )
+
+    def __post_init__(self) -> None:
+        # Derived here, not in a default factory, so that a redis_url given explicitly
+        # (tests, the bench) moves the cache with it.
+        if not self.idempotency_cache_url:
+            object.__setattr__(self, "idempotency_cache_url", next_database_url(self.redis_url))
 
 
 def posting_queue(shard: int, shards: int) -> str:

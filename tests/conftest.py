@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # queue is rarely swept (a sweep of a queued transfer is harmless: posting is idempotent).
 TEST_SWEEPER_PENDING_AGE_MIN_SECONDS = 3
 TEST_WEBHOOK_TIMEOUT_SECONDS = 3
+TEST_WEBHOOK_ENDPOINT_CONCURRENCY_MAX = 1
 TEST_POSTING_ATTEMPTS_MAX = 3
 final_wait_timeout_seconds = 90
 
@@ -112,6 +113,8 @@ def process_env(
         "REDIS_URL": redis_url,
         "SWEEPER_PENDING_AGE_MIN_SECONDS": str(TEST_SWEEPER_PENDING_AGE_MIN_SECONDS),
         "SWEEPER_INTERVAL_SECONDS": "1",
+        # Expiries and delayed cashbacks within a second of their time.
+        "HOLDS_INTERVAL_SECONDS": "1",
         # A transfer that cannot post is quarantined in seconds, not minutes.
         "POSTING_ATTEMPTS_MAX": str(TEST_POSTING_ATTEMPTS_MAX),
         "POSTING_RETRY_DELAYS_SECONDS": "0.5",
@@ -122,6 +125,10 @@ def process_env(
         "WEBHOOK_LEASE_MARGIN_SECONDS": "1",
         "WEBHOOK_REQUEUE_AFTER_SECONDS": "2",
         "WEBHOOK_SCHEDULER_INTERVAL_SECONDS": "1",
+        # One attempt in flight per endpoint, beside the webhook worker's two processes: a
+        # slow endpoint can hold one of them, never both.
+        "WEBHOOK_ENDPOINT_CONCURRENCY_MAX": str(TEST_WEBHOOK_ENDPOINT_CONCURRENCY_MAX),
+        "WEBHOOK_ENDPOINT_BUSY_RETRY_AFTER_SECONDS": "1",
         "PYTHONPATH": str(ROOT),
     }
 
@@ -201,6 +208,7 @@ def app(settings: Settings) -> Iterator[Any]:
     services = app.extensions["ledger"]
     services.engine.dispose()
     services.redis.close()
+    services.cache.client.close()
 
 
 @pytest.fixture

@@ -21,10 +21,15 @@ REQUEST_ID_HEADER = "ledger_request_id"
 
 
 def make_celery(broker_url: str | None = None) -> Celery:
+    """The app as configured by celeryconfig, or publishing to `broker_url` if given."""
     celery = Celery("ledger")
     celery.config_from_object("celeryconfig")
     if broker_url is not None:
-        celery.conf.broker_url = broker_url
+        # Celery reads the environment's CELERY_BROKER_URL before `broker_url` (whatever
+        # the code sets); the read and write URLs come first, so an explicit URL wins.
+        celery.conf.update(
+            broker_url=broker_url, broker_read_url=broker_url, broker_write_url=broker_url
+        )
     return celery
 
 

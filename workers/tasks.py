@@ -18,7 +18,7 @@ from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.adapters.wakeups import PostingWakeups
 from ledger_core.adapters.webhook_http import AddressGuard, HttpxSender
 from ledger_core.config import Settings, posting_queue
-from ledger_core.service_layer import accounts, posting, reconcile, webhooks
+from ledger_core.service_layer import accounts, movements, posting, reconcile, webhooks
 from ledger_core.service_layer.errors import StorageUnavailableError
 from workers.celery_app import (
     DELIVER_WEBHOOK_TASK,
@@ -145,6 +145,18 @@ def sweep_pending_transfers() -> int:
     return sum(stale.values())
 
 
+@shared_task(name="ledger.release_due_holds", acks_late=True)
+def release_due_holds() -> int:
+    """Expire the holds past their expiry and capture the cashbacks whose delay passed."""
+    process = _current()
+    count = movements.release_due_holds(
+        process.uow_factory, process.wakeups.force, shards=process.settings.posting_shards
+    )
+    if count:
+        log.info("holds due: expiries and cashbacks accepted", count=count)
+    return count
+
+
 @shared_task(name="ledger.prune_idempotency_keys", acks_late=True)
 def prune_idempotency_keys() -> int:
     return accounts.prune_idempotency_keys(_current().uow_factory)
@@ -164,14 +176,22 @@ def deliver_webhook(delivery_id: str) -> str | None:
     process = _current()
     settings = process.settings
     if process.sender is None:
-        process.sender = HttpxSender(settings, AddressGuard(development=settings.development))
+        guard = AddressGuard(
+            development=settings.development,
+            dns_timeout_seconds=settings.webhook_dns_timeout_seconds,
+        )
+        process.sender = HttpxSender(settings, guard)
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
     status = webhooks.attempt_delivery(
         process.uow_factory,
         process.sender,
         delivery_id,
         schedule=settings.webhook_retry_schedule_seconds,
+        # The sender's deadline is webhook_timeout_seconds: the lease outlasts it by the
+        # margin, time enough to record the outcome before another worker may claim it.
         lease_seconds=settings.webhook_timeout_seconds + settings.webhook_lease_margin_seconds,
+        endpoint_concurrency_max=settings.webhook_endpoint_concurrency_max,
+        busy_retry_after_seconds=settings.webhook_endpoint_busy_retry_after_seconds,
         metrics=METRICS,
     )
     if status is not None:

@@ -6,9 +6,9 @@ from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
 from api import schemas
-from api.operations import Call, operation, page_limit
+from api.operations import Call, operation, page_limit, query_time
 from api.routes.results import to_http
-from ledger_core.service_layer import accounts
+from ledger_core.service_layer import accounts, reads
 from ledger_core.service_layer.access import Scope
 
 bp = Blueprint("accounts", __name__)
@@ -51,11 +51,18 @@ def create_account(call: Call) -> ResponseReturnValue:
     bp,
     "GET",
     "/v1/accounts/{account_id}",
-    summary="Read an account and its balances",
+    summary="Read an account and its balances, now or (as_of) its posted balance in the past",
     scope=Scope.READ,
-    responses={200: schemas.Account, 404: None},
+    responses={200: schemas.Account, 400: None, 404: None},
+    query={
+        "as_of": "RFC 3339 time with its offset: the posted balance at that instant"
+        " (pending and available are then null)."
+    },
 )
 def get_account(call: Call, account_id: str) -> ResponseReturnValue:
+    as_of = query_time("as_of")
+    if as_of is not None:
+        return to_http(reads.account_as_of(_services().uow_factory, account_id, as_of))
     return to_http(accounts.get_account(_services().uow_factory, account_id))
 
 
@@ -82,8 +89,12 @@ def list_accounts(call: Call) -> ResponseReturnValue:
     "/v1/accounts/{account_id}/entries",
     summary="List an account's entries in posting order, oldest first",
     scope=Scope.READ,
-    responses={200: schemas.EntryList, 404: None},
-    query=PAGING,
+    responses={200: schemas.EntryList, 400: None, 404: None},
+    query={
+        **PAGING,
+        "created_after": "RFC 3339 time with its offset: only entries posted after it.",
+        "created_before": "RFC 3339 time with its offset: only entries posted before it.",
+    },
 )
 def list_entries(call: Call, account_id: str) -> ResponseReturnValue:
     return to_http(
@@ -92,5 +103,7 @@ def list_entries(call: Call, account_id: str) -> ResponseReturnValue:
             account_id,
             cursor=request.args.get("cursor"),
             limit=page_limit(),
+            created_after=query_time("created_after"),
+            created_before=query_time("created_before"),
         )
     )

@@ -10,8 +10,10 @@ from pydantic import BaseModel
 from swagger_ui_bundle import swagger_ui_path
 
 from api import schemas
-from api.operations import REGISTRY, Operation
+from api.operations import PATH_ID_PATTERN, REGISTRY, Operation
 from api.problems import STATUS_BY_CODE
+from ledger_core.domain import limits
+from ledger_core.service_layer.pagination import CURSOR_PATTERN, cursor_length_max
 
 bp = Blueprint("docs", __name__)
 
@@ -24,8 +26,70 @@ SWAGGER_PAGE = """<!doctype html>
 </body></html>"""
 
 
+# The query parameters of every list, as the shell checks them.
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "limit": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": limits.page_size_max,
+        "default": limits.page_size_default,
+    },
+    "cursor": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": cursor_length_max,
+        "pattern": f"^{CURSOR_PATTERN.pattern}$",
+    },
+}
+PATH_ID_SCHEMA = {"type": "string", "pattern": f"^{PATH_ID_PATTERN.pattern}$"}
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": limits.idempotency_key_length_max,
+    "pattern": "^[\\x20-\\x7e]+$",
+}
+# Problems any operation may answer because of how it is declared, whatever its view
+# does: the shell's own checks (body, headers, query, path ids) and the database.
+PROBLEMS_OF_A_BODY = (400, 413, 415, 422)  # malformed or too deep, too large, not JSON, invalid
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _names_accounts(schema: Any, components: dict[str, Any], seen: set[str]) -> bool:
+    """Whether a request schema (its $refs followed) has a field naming accounts
+    (`account_id`, `source_account_id`, `account_ids`, ...): an unknown one is a 404."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            name = ref.rsplit("/", 1)[-1]
+            if name in seen:
+                return False
+            return _names_accounts(components.get(name), components, seen | {name})
+        properties = schema.get("properties", {})
+        if any(name.endswith(("account_id", "account_ids")) for name in properties):
+            return True
+        return any(_names_accounts(value, components, seen) for value in schema.values())
+    if isinstance(schema, list):
+        return any(_names_accounts(item, components, seen) for item in schema)
+    return False
+
+
+def _implied_statuses(op: Operation, components: dict[str, Any]) -> set[int]:
+    statuses = {400}  # invalid_query: a query parameter the operation does not take
+    if op.body is not None:
+        statuses.update(PROBLEMS_OF_A_BODY)
+        if _names_accounts(_ref(op.body), components, set()):
+            statuses.add(404)
+    # 400 also covers idempotency_key_missing, idempotency_key_invalid, invalid_cursor.
+    if op.idempotency == "optional":
+        statuses.add(409)  # idempotency_key_in_use: a concurrent duplicate
+    if _path_params(op.path):
+        statuses.add(404)
+    if op.scope is not None:
+        statuses.add(503)  # database_unavailable: every key check reads PostgreSQL
+    return statuses
 
 
 def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +103,7 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
         doc["security"] = [{"bearer": []}]
         doc["description"] = f"Needs the `{op.scope}` scope (or a wider one)."
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": PATH_ID_SCHEMA}
         for name in _path_params(op.path)
     ]
     parameters += [
@@ -48,7 +112,7 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
             "in": "query",
             "required": False,
             "description": text,
-            "schema": {"type": "string"},
+            "schema": QUERY_SCHEMAS.get(name, {"type": "string"}),
         }
         for name, text in op.query.items()
     ]
@@ -58,8 +122,11 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": op.idempotency == "required",
-                "description": "1-255 printable ASCII characters; replays within 24 hours.",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": (
+                    f"1-{limits.idempotency_key_length_max} printable ASCII characters."
+                    " Money movements and batches keep it for good, accounts for 24 hours."
+                ),
+                "schema": IDEMPOTENCY_KEY_SCHEMA,
             }
         )
     if parameters:
@@ -70,7 +137,8 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
             "required": True,
             "content": {"application/json": {"schema": _ref(op.body)}},
         }
-    for status, model in op.responses.items():
+    implied = {status: None for status in _implied_statuses(op, schemas_out)}
+    for status, model in sorted({**implied, **op.responses}.items()):
         if model is None:
             content_type = "application/problem+json" if status >= 400 else "application/json"
             schema = _ref(schemas.Problem) if status >= 400 else {"type": "object"}

@@ -12,7 +12,13 @@ from ledger_core.service_layer.errors import Response as ServiceResponse
 from ledger_core.service_layer.pagination import Page
 
 # Where a created resource can be polled.
-LOCATIONS = {"transfer": "/v1/transfers/{id}", "transfer_batch": "/v1/transfers/batch/{id}"}
+LOCATIONS = {
+    "transfer": "/v1/transfers/{id}",
+    "transfer_batch": "/v1/transfers/batch/{id}",
+    "transaction": "/v1/transactions/{id}",
+    "payment": "/v1/payments/{id}",
+    "hold": "/v1/holds/{id}",
+}
 
 
 def to_http(

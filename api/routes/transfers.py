@@ -14,15 +14,17 @@ from api import schemas
 from api.operations import Call, operation
 from api.problems import ApiProblem
 from api.routes.results import to_http
+from api.routes.transactions import REVERSE, reverse
 from ledger_core.adapters.metrics import transfers_accepted_total
 from ledger_core.domain import limits
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import accept
 from ledger_core.service_layer.access import Scope
-from ledger_core.service_layer.errors import Response
+from ledger_core.service_layer.errors import Failure, Response
 
 bp = Blueprint("transfers", __name__)
 ACCEPTED = {202: schemas.Transfer, 404: None, 422: None}
+TRANSFER_NOT_FOUND = Failure("transfer_not_found", "No such transfer.")
 
 
 def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
@@ -162,3 +164,17 @@ def get_batch(call: Call, batch_id: str) -> ResponseReturnValue:
 )
 def get_transfer(call: Call, transfer_id: str) -> ResponseReturnValue:
     return to_http(accept.get_transfer(current_app.extensions["ledger"].uow_factory, transfer_id))
+
+
+@operation(
+    bp,
+    "POST",
+    "/v1/transfers/{transfer_id}/reverse",
+    summary="Reverse a posted deposit, withdrawal or transfer, in whole or part",
+    scope=Scope.WRITE,
+    body=schemas.ReversalCreate,
+    responses=REVERSE,
+    idempotency="required",
+)
+def reverse_transfer(call: Call, transfer_id: str) -> ResponseReturnValue:
+    return reverse(call, transfer_id, TRANSFER_NOT_FOUND)

@@ -34,17 +34,26 @@ def _run_now(job: Callable[[], None]) -> None:
 
 
 class RedisIdempotencyCache:
+    """`on_error("cache_write")` counts every copy not written: Redis refused it (down,
+    or full under `noeviction`) or was being left alone after a failure."""
+
     def __init__(
         self,
         client: redis.Redis,
         *,
         submit: Submit = _run_now,
         monotonic: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self._redis = client
         self._submit = submit
         self._monotonic = monotonic
+        self._on_error = on_error
         self._quiet_until = 0.0
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
 
     @staticmethod
     def _key(api_key_id: str, key: str) -> str:
@@ -76,7 +85,10 @@ class RedisIdempotencyCache:
 
     def put(self, api_key_id: str, key: str, stored: StoredResponse, *, ttl_seconds: float) -> None:
         """Keep the copy no longer than PostgreSQL keeps the key (`ttl_seconds` left)."""
-        if ttl_seconds < 1 or not self._available():
+        if ttl_seconds < 1:
+            return
+        if not self._available():
+            self._on_error("cache_write")
             return
         value = json.dumps(stored)
         if len(value) > cached_response_size_max_bytes:
@@ -86,6 +98,7 @@ class RedisIdempotencyCache:
             try:
                 self._redis.set(self._key(api_key_id, key), value, ex=int(ttl_seconds))
             except redis.RedisError:
+                self._on_error("cache_write")
                 self._failed("write")
 
         self._submit(write)

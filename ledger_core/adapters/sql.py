@@ -24,6 +24,7 @@ from ledger_core.adapters.sql_keys import (
     SqlCurrencyRepository,
     SqlIdempotencyRepository,
 )
+from ledger_core.adapters.sql_movements import SqlHoldRepository, SqlPaymentRepository
 from ledger_core.adapters.sql_transfers import SqlEntryRepository, SqlTransferRepository
 from ledger_core.adapters.webhook_sql import (
     DeliveryRepository,
@@ -52,6 +53,8 @@ class SqlUnitOfWork:
         self.accounts = SqlAccountRepository(c, self._facts_cache)
         self.transfers = SqlTransferRepository(c)
         self.entries = SqlEntryRepository(c)
+        self.holds = SqlHoldRepository(c)
+        self.payments = SqlPaymentRepository(c)
         self.idempotency = SqlIdempotencyRepository(c)
         self.api_keys = SqlApiKeyRepository(c)
         self.currencies = SqlCurrencyRepository(c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -37,21 +38,49 @@ SYSTEM_FACTS = """
 # weaker lock lets the API keep inserting transfers that reference these accounts (their
 # foreign keys take FOR KEY SHARE, which FOR UPDATE would block).
 LOCK = """
-    SELECT id, currency, balance, allow_overdraft, is_system FROM accounts
+    SELECT id, currency, balance, allow_overdraft, is_system, held_out, held_in FROM accounts
     WHERE id = ANY(%(ids)b::text[]) ORDER BY id FOR NO KEY UPDATE
+"""
+# Balances and held amounts in one statement: the no-overdraft check (balance - held_out
+# >= 0) holds between them at the end of a batch, not necessarily after one and before
+# the other (a capture lowers both).
+SET_BALANCES_AND_HELD = """
+    UPDATE accounts AS a
+    SET balance = coalesce(v.balance, a.balance), held_out = coalesce(v.held_out, a.held_out),
+        held_in = coalesce(v.held_in, a.held_in)
+    FROM unnest(%(ids)b::text[], %(balances)b::numeric[], %(out)b::numeric[],
+                %(in)b::numeric[]) AS v(id, balance, held_out, held_in)
+    WHERE a.id = v.id
+"""
+# One index probe (entries' (account_id, created_at)): cost flat as the ledger grows.
+BALANCE_AS_OF = """
+    SELECT balance_after FROM entries
+    WHERE account_id = %(id)s AND created_at <= %(moment)s
+    ORDER BY created_at DESC, id DESC LIMIT 1
 """
 SET_BALANCES = """
     UPDATE accounts AS a SET balance = v.balance
     FROM unnest(%(ids)b::text[], %(balances)b::numeric[]) AS v(id, balance)
     WHERE a.id = v.id
 """
+# Pending: two-account movements by their accounts (partial indexes on pending rows),
+# transactions and payments by their legs. A pending capture, cashback, void or expiry
+# is left out: its money is counted already, in held_out/held_in.
 RECORD_COLUMNS = """
     a.id, a.currency, a.name, a.metadata, a.allow_overdraft, a.is_system, a.balance,
-    a.created_at,
+    a.created_at, a.held_out, a.held_in,
     coalesce((SELECT sum(p.amount) FROM transfers p
-              WHERE p.destination_account_id = a.id AND p.status = 'pending'), 0) AS pending_in,
+              WHERE p.destination_account_id = a.id AND p.status = 'pending'
+                AND p.kind NOT IN ('capture', 'cashback', 'void', 'expire')), 0)
+    + coalesce((SELECT sum(l.amount) FROM transfer_legs l JOIN transfers p
+                  ON p.id = l.transfer_id AND p.status = 'pending'
+                WHERE l.account_id = a.id AND l.amount > 0), 0) AS pending_in,
     coalesce((SELECT sum(p.amount) FROM transfers p
-              WHERE p.source_account_id = a.id AND p.status = 'pending'), 0) AS pending_out
+              WHERE p.source_account_id = a.id AND p.status = 'pending'
+                AND p.kind NOT IN ('capture', 'cashback', 'void', 'expire')), 0)
+    - coalesce((SELECT sum(l.amount) FROM transfer_legs l JOIN transfers p
+                  ON p.id = l.transfer_id AND p.status = 'pending'
+                WHERE l.account_id = a.id AND l.amount < 0), 0) AS pending_out
 """
 GET = f"SELECT {RECORD_COLUMNS} FROM accounts a WHERE a.id = %(id)s"
 FIRST_PAGE = f"SELECT {RECORD_COLUMNS} FROM accounts a ORDER BY a.id LIMIT %(limit)s"
@@ -103,6 +132,8 @@ def _record(row: Any) -> AccountRecord:
         pending_in=int(row.pending_in),
         pending_out=int(row.pending_out),
         created_at=row.created_at,
+        held_out=int(row.held_out),
+        held_in=int(row.held_in),
     )
 
 
@@ -176,12 +207,33 @@ class SqlAccountRepository:
     def lock(self, account_ids: Collection[str]) -> dict[str, AccountState]:
         rows = self._c.driver_rows(LOCK, {"ids": sorted(account_ids)})
         return {
-            account_id: AccountState(account_id, currency, int(balance), overdraft, system)
-            for account_id, currency, balance, overdraft, system in rows
+            account_id: AccountState(
+                account_id, currency, int(balance), overdraft, system, int(out), int(in_)
+            )
+            for account_id, currency, balance, overdraft, system, out, in_ in rows
         }
 
-    def set_balances(self, balances: Mapping[str, int]) -> None:
-        if balances:
+    def balance_as_of(self, account_id: str, moment: datetime) -> int:
+        value = self._c.exec_driver_sql(
+            BALANCE_AS_OF, {"id": account_id, "moment": moment}
+        ).scalar()
+        return 0 if value is None else int(value)
+
+    def set_balances(
+        self, balances: Mapping[str, int], held: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
+        if held:
+            ids = sorted(balances.keys() | held.keys())
+            self._c.exec_driver_sql(
+                SET_BALANCES_AND_HELD,
+                {
+                    "ids": ids,
+                    "balances": [balances.get(i) for i in ids],
+                    "out": [held[i][0] if i in held else None for i in ids],
+                    "in": [held[i][1] if i in held else None for i in ids],
+                },
+            )
+        elif balances:  # a batch of plain transfers: the lighter statement
             self._c.exec_driver_sql(
                 SET_BALANCES, {"ids": list(balances), "balances": list(balances.values())}
             )

@@ -6,16 +6,28 @@ arrays), whatever the batch size: the cost per transfer falls as batches grow.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from datetime import datetime
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from ledger_core.adapters import sql_movements
 from ledger_core.adapters.sql_connection import LazyConnection
-from ledger_core.domain.model import Outcome, Posted
+from ledger_core.domain.model import (
+    POSTED_OUTCOMES,
+    Leg,
+    OriginalState,
+    Outcome,
+    Posted,
+    Rejected,
+)
+from ledger_core.domain.movement_records import TransactionRecord
 from ledger_core.domain.records import BatchRecord, EntryRecord, TransferRecord
+from ledger_core.domain.webhooks import EVENT_TYPES
 from ledger_core.service_layer.ports import (
+    BroughtEvent,
     Claim,
     ClaimedTransfer,
     KeyedRecord,
@@ -38,18 +50,28 @@ COLUMNS = """
 ADD_PENDING = """
     INSERT INTO transfers (id, kind, source_account_id, destination_account_id, amount,
                            currency, description, metadata, api_key_id, idempotency_key,
-                           request_hash, shard)
+                           request_hash, shard, group_id, hold_id, reverses_id,
+                           reversal_amount, effective_at)
     SELECT id, kind, source, destination, amount, currency, description, metadata,
-           api_key_id, key, request_hash, shard
+           api_key_id, key, request_hash, shard, group_id, hold_id, reverses_id,
+           reversal_amount, effective_at
     FROM unnest(%(ids)b::text[], %(kinds)b::text[], %(sources)b::text[],
                 %(destinations)b::text[], %(amounts)b::bigint[], %(currencies)b::text[],
                 %(descriptions)b::text[], %(metadata)b::jsonb[], %(api_key_ids)b::text[],
-                %(keys)b::text[], %(hashes)b::text[], %(shards)b::smallint[])
+                %(keys)b::text[], %(hashes)b::text[], %(shards)b::smallint[],
+                %(group_ids)b::text[], %(hold_ids)b::text[], %(reverses_ids)b::text[],
+                %(reversal_amounts)b::bigint[], %(effective_ats)b::timestamptz[])
          AS u(id, kind, source, destination, amount, currency, description, metadata,
-              api_key_id, key, request_hash, shard)
+              api_key_id, key, request_hash, shard, group_id, hold_id, reverses_id,
+              reversal_amount, effective_at)
     ORDER BY api_key_id, key
     ON CONFLICT (api_key_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_at
+"""
+ADD_LEGS = """
+    INSERT INTO transfer_legs (transfer_id, leg, account_id, amount)
+    SELECT * FROM unnest(%(transfer_ids)b::text[], %(legs)b::smallint[],
+                         %(account_ids)b::text[], %(amounts)b::bigint[])
 """
 BY_KEYS = f"""
     SELECT {COLUMNS}, t.request_hash, t.api_key_id, t.idempotency_key FROM transfers t
@@ -89,8 +111,13 @@ BATCH_ITEMS = f"SELECT {COLUMNS} FROM transfers t WHERE t.batch_id = %(id)s ORDE
 
 CLAIM_COLUMNS = """
     t.id, t.source_account_id, t.destination_account_id, t.amount, t.created_at, t.group_id,
+    t.kind, t.hold_id, t.reverses_id, t.reversal_amount,
+    -- An atomic group is a batch's (its item count) or a payment with its cashback hold
+    -- (no batch: its members are counted).
     CASE WHEN t.group_id IS NULL THEN 1
-         ELSE (SELECT b.item_count FROM transfer_batches b WHERE b.id = t.batch_id) END
+         WHEN t.batch_id IS NOT NULL
+             THEN (SELECT b.item_count FROM transfer_batches b WHERE b.id = t.batch_id)
+         ELSE (SELECT count(*) FROM transfers g WHERE g.group_id = t.id) END
         AS unit_size,
     now() AS now
 """
@@ -116,11 +143,15 @@ CLAIM_IDS = f"""
 # Only the holder of a group's head ever locks its members, so this never waits long.
 CLAIM_MEMBERS = """
     SELECT t.id, t.source_account_id, t.destination_account_id, t.amount, t.created_at,
-           t.group_id
+           t.group_id, t.kind, t.hold_id, t.reverses_id, t.reversal_amount
     FROM transfers t
     WHERE t.group_id = ANY(%(heads)b::text[]) AND t.id <> t.group_id AND t.status = 'pending'
     ORDER BY t.seq
     FOR NO KEY UPDATE OF t
+"""
+CLAIM_LEGS = """
+    SELECT transfer_id, account_id, amount FROM transfer_legs
+    WHERE transfer_id = ANY(%(ids)b::text[]) ORDER BY transfer_id, leg
 """
 # Text and numbers of a batch travel as one comma-separated string each (split by
 # string_to_array on the server), not as arrays of a thousand parameters: the ids and
@@ -140,30 +171,51 @@ NEW_ID = (
     " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
     " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
 )
+# The event type of each (kind, status), from the domain's table: one source of truth.
+EVENT_TYPE = (
+    "CASE "
+    + " ".join(
+        f"WHEN f.kind = '{kind}' AND f.status = '{status}' THEN '{event.value}'"
+        for (kind, status), event in EVENT_TYPES.items()
+    )
+    + " END"
+)
 FINALIZE = f"""
     WITH final AS (
         UPDATE transfers AS t
         SET status = v.status, rejection_reason = nullif(v.reason, ''),
+            rejected_account_id = nullif(v.account, ''),
             posted_at = CASE WHEN v.status = 'posted' THEN %(now)s::timestamptz END,
             -- The clock, not the transaction's start: accepted-to-final latency includes
             -- the posting itself.
             finalized_at = clock_timestamp(), posting_retry_at = NULL
         FROM unnest(string_to_array(%(ids)s, ','), string_to_array(%(statuses)s, ','),
-                    string_to_array(%(reasons)s, ',')) AS v(id, status, reason)
+                    string_to_array(%(reasons)s, ','),
+                    string_to_array(%(rejected_accounts)s, ','))
+             AS v(id, status, reason, account)
         WHERE t.id = v.id AND t.status = 'pending'
         RETURNING t.*
+    ), brought AS (
+        -- Movements other than two-account transfers bring their event id, payload and
+        -- accounts, built by the worker (movement_records.TransactionRecord and friends).
+        SELECT * FROM unnest(%(pre_ids)b::text[], %(pre_event_ids)b::text[],
+                             %(pre_payloads)b::text[], %(pre_accounts)b::text[])
+               AS b(transfer_id, event_id, payload, accounts)
     ), new_events AS MATERIALIZED (
         -- Materialized: each row draws its id once (a volatile function in a lateral or a
         -- flattened subquery may be drawn once for all rows, or once per reference).
-        SELECT {NEW_ID.format("'evt'")} AS event_id, 'transfer.' || f.status AS type,
+        SELECT coalesce(b.event_id, {NEW_ID.format("'evt'")}) AS event_id,
+               {EVENT_TYPE} AS type, b.payload AS brought_payload,
+               coalesce(string_to_array(b.accounts, ','),
+                        ARRAY[f.source_account_id, f.destination_account_id]) AS accounts,
                f.id AS transfer_id, f.kind, f.status, f.rejection_reason,
                f.source_account_id, f.destination_account_id, f.amount, f.currency,
                f.description, f.metadata, f.batch_id, f.created_at, f.posted_at
-        FROM final f
+        FROM final f LEFT JOIN brought b ON b.transfer_id = f.id
     ), written AS (
         INSERT INTO events (id, type, transfer_id, payload, created_at)
         SELECT e.event_id, e.type, e.transfer_id,
-               json_build_object(
+               coalesce(e.brought_payload, json_build_object(
                    'id', e.event_id, 'type', e.type,
                    'timestamp', {ISO_UTC.format("%(outbox_time)s::timestamptz")},
                    'data', json_build_object(
@@ -175,7 +227,7 @@ FINALIZE = f"""
                        'description', e.description, 'metadata', e.metadata,
                        'batch_id', e.batch_id,
                        'created_at', {ISO_UTC.format("e.created_at")},
-                       'posted_at', {ISO_UTC.format("e.posted_at")}))::text,
+                       'posted_at', {ISO_UTC.format("e.posted_at")}))::text),
                %(outbox_time)s
         FROM new_events e
         RETURNING id, type, transfer_id
@@ -192,7 +244,7 @@ FINALIZE = f"""
           ON ep.status = 'enabled' AND ep.deleted_at IS NULL AND ep.events ? e.type
          -- "every account" is stored as a JSON null (the JSONB column type's None)
          AND (ep.account_ids IS NULL OR jsonb_typeof(ep.account_ids) = 'null'
-              OR ep.account_ids ?| ARRAY[e.source_account_id, e.destination_account_id])
+              OR ep.account_ids ?| e.accounts)
         RETURNING id
     )
     SELECT id FROM deliveries
@@ -229,22 +281,25 @@ RELEASE = """
 """
 
 ADD_ENTRIES = """
-    INSERT INTO entries (transfer_id, account_id, amount, balance_after)
-    SELECT transfer_id, account_id, amount::bigint, balance_after::numeric
+    INSERT INTO entries (transfer_id, account_id, amount, balance_after, leg)
+    SELECT transfer_id, account_id, amount::bigint, balance_after::numeric, leg::smallint
     FROM unnest(string_to_array(%(transfer_ids)s, ','), string_to_array(%(account_ids)s, ','),
-                string_to_array(%(amounts)s, ','), string_to_array(%(balances)s, ','))
-         WITH ORDINALITY AS u(transfer_id, account_id, amount, balance_after, position)
+                string_to_array(%(amounts)s, ','), string_to_array(%(balances)s, ','),
+                string_to_array(%(legs)s, ','))
+         WITH ORDINALITY AS u(transfer_id, account_id, amount, balance_after, leg, position)
     ORDER BY position
 """
 ENTRY_COLUMNS = "id, transfer_id, account_id, amount, balance_after, created_at"
-FIRST_ENTRIES = f"""
-    SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = %(account_id)s
-    ORDER BY id LIMIT %(limit)s
+# An account's entries are inserted in its lock order, so their id order is their time
+# order: the (account_id, created_at) index serves the window and the id cursor alike.
+ENTRIES_PAGE = f"""
+    SELECT {ENTRY_COLUMNS} FROM entries
+    WHERE account_id = %(account_id)s AND id > %(after)s
+      AND created_at > %(created_after)s AND created_at < %(created_before)s
+    ORDER BY created_at, id LIMIT %(limit)s
 """
-NEXT_ENTRIES = f"""
-    SELECT {ENTRY_COLUMNS} FROM entries WHERE account_id = %(account_id)s AND id > %(after)s
-    ORDER BY id LIMIT %(limit)s
-"""
+FAR_PAST = datetime(1, 1, 2, tzinfo=UTC)
+FAR_FUTURE = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def transfer_record(row: Any) -> TransferRecord:
@@ -267,7 +322,19 @@ def transfer_record(row: Any) -> TransferRecord:
 
 def _claimed(row: tuple[Any, ...]) -> ClaimedTransfer:
     transfer_id, source, destination, amount, created_at, group_id = row[:6]
-    return ClaimedTransfer(transfer_id, source, destination, amount, group_id, created_at)
+    kind, hold_id, reverses_id, reversal_amount = row[6:10]
+    return ClaimedTransfer(
+        transfer_id,
+        source,
+        destination,
+        amount,
+        group_id,
+        created_at,
+        kind,
+        hold_id,
+        reverses_id,
+        reversal_amount or 0,
+    )
 
 
 def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None) -> TransferRecord:
@@ -311,9 +378,25 @@ class SqlTransferRepository:
                 "keys": [w.idempotency_key for w in writes],
                 "hashes": [w.request_hash for w in writes],
                 "shards": [t.shard for t in transfers],
+                "group_ids": [t.group_id for t in transfers],
+                "hold_ids": [t.hold_id for t in transfers],
+                "reverses_ids": [t.reverses_id for t in transfers],
+                "reversal_amounts": [t.reversal_amount for t in transfers],
+                "effective_ats": [t.effective_at for t in transfers],
             },
         )
         created_at = {row.id: row.created_at for row in rows}
+        legged = [t for t in transfers if t.legs and t.id in created_at]
+        if legged:  # not on the path of plain transfers: no round trip for them
+            self._c.exec_driver_sql(
+                ADD_LEGS,
+                {
+                    "transfer_ids": [t.id for t in legged for _ in t.legs],
+                    "legs": [i for t in legged for i in range(len(t.legs))],
+                    "account_ids": [leg.account_id for t in legged for leg in t.legs],
+                    "amounts": [leg.amount for t in legged for leg in t.legs],
+                },
+            )
         return {t.id: _accepted(t, created_at[t.id], None) for t in transfers if t.id in created_at}
 
     def add_batch(self, batch: NewBatch) -> BatchRecord | None:
@@ -389,7 +472,7 @@ class SqlTransferRepository:
 
     def claim(self, *, shard: int, limit: int, only_ids: Sequence[str] | None = None) -> Claim:
         # Columns as in CLAIM_COLUMNS: id, source, destination, amount, created_at,
-        # group_id, unit_size, now.
+        # group_id, kind, hold_id, reverses_id, reversal_amount, unit_size, now.
         if only_ids is None:
             rows = self._c.driver_rows(CLAIM, {"shard": shard, "limit": limit})
         else:
@@ -401,10 +484,10 @@ class SqlTransferRepository:
         kept: list[tuple[Any, ...]] = []
         size = 0
         for row in rows:
-            if kept and size + row[6] > limit:
+            if kept and size + row[10] > limit:
                 break
             kept.append(row)
-            size += row[6]
+            size += row[10]
         full = len(rows) >= limit or len(kept) < len(rows)
         heads = [row[0] for row in kept if row[5] is not None]
         members: dict[str, list[ClaimedTransfer]] = {}
@@ -416,31 +499,69 @@ class SqlTransferRepository:
             transfers.append(_claimed(row))
             if row[5] is not None:
                 transfers += members.get(row[0], [])
-        return Claim(transfers, now=rows[0][7], full=full)
+        legged = [c.id for c in transfers if c.source_account_id is None]
+        if legged:
+            legs: dict[str, list[Leg]] = {}
+            for transfer_id, account_id, amount in self._c.driver_rows(CLAIM_LEGS, {"ids": legged}):
+                legs.setdefault(transfer_id, []).append(Leg(account_id, amount))
+            transfers = [
+                replace(c, legs=tuple(legs[c.id])) if c.id in legs else c for c in transfers
+            ]
+        return Claim(transfers, now=rows[0][11], full=full)
 
     def _now(self) -> datetime:
         value: datetime = self._c.exec_driver_sql("SELECT now()").scalar_one()
         return value
 
-    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
+    def finalize(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: datetime,
+        outbox: Outbox,
+        payloads: Mapping[str, BroughtEvent] | None = None,
+    ) -> list[str]:
         if not outcomes:
             return []
+        brought = payloads or {}
         rows = self._c.exec_driver_sql(
             FINALIZE,
             {
                 "now": now,
                 "ids": ",".join(o.transfer_id for o in outcomes),
                 "statuses": ",".join(
-                    "posted" if isinstance(o, Posted) else "rejected" for o in outcomes
+                    "posted" if isinstance(o, POSTED_OUTCOMES) else "rejected" for o in outcomes
                 ),
                 "reasons": ",".join(
-                    "" if isinstance(o, Posted) else o.reason.value for o in outcomes
+                    o.reason.value if isinstance(o, Rejected) else "" for o in outcomes
                 ),
+                "rejected_accounts": ",".join(
+                    (o.account_id or "") if isinstance(o, Rejected) else "" for o in outcomes
+                ),
+                "pre_ids": list(brought),
+                "pre_event_ids": [b.event_id for b in brought.values()],
+                "pre_payloads": [b.payload for b in brought.values()],
+                "pre_accounts": [",".join(b.accounts) for b in brought.values()],
                 "outbox_time": outbox.time,
                 "requeue_seconds": outbox.requeue_after_seconds,
             },
         )
         return [row.id for row in rows]
+
+    def lock_originals(self, transfer_ids: Collection[str]) -> dict[str, OriginalState]:
+        return sql_movements.lock_originals(self._c, transfer_ids)
+
+    def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None:
+        sql_movements.set_reversed(self._c, reversed_amounts)
+
+    def movements(self, transfer_ids: Sequence[str]) -> dict[str, TransactionRecord]:
+        return sql_movements.movements_by_id(self._c, transfer_ids)
+
+    def get_movement(self, transfer_id: str) -> TransactionRecord | None:
+        return sql_movements.get_movement(self._c, transfer_id)
+
+    def list_movements(self, *, after_id: str | None, limit: int) -> list[TransactionRecord]:
+        return sql_movements.list_movements(self._c, after_id=after_id, limit=limit)
 
     def record_posting_failure(
         self,
@@ -486,18 +607,29 @@ class SqlEntryRepository:
                 "account_ids": ",".join(e.account_id for e in entries),
                 "amounts": ",".join(str(e.amount) for e in entries),
                 "balances": ",".join(str(e.balance_after) for e in entries),
+                "legs": ",".join(str(e.leg) for e in entries),
             },
         )
 
-    def list_page(self, account_id: str, *, after_id: int | None, limit: int) -> list[EntryRecord]:
-        if after_id is None:
-            rows = self._c.exec_driver_sql(
-                FIRST_ENTRIES, {"account_id": account_id, "limit": limit}
-            )
-        else:
-            rows = self._c.exec_driver_sql(
-                NEXT_ENTRIES, {"account_id": account_id, "after": after_id, "limit": limit}
-            )
+    def list_page(
+        self,
+        account_id: str,
+        *,
+        after_id: int | None,
+        limit: int,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> list[EntryRecord]:
+        rows = self._c.exec_driver_sql(
+            ENTRIES_PAGE,
+            {
+                "account_id": account_id,
+                "after": 0 if after_id is None else after_id,
+                "limit": limit,
+                "created_after": created_after or FAR_PAST,
+                "created_before": created_before or FAR_FUTURE,
+            },
+        )
         return [
             EntryRecord(
                 id=row.id,

@@ -74,8 +74,13 @@ accounts = Table(
     Column("allow_overdraft", Boolean, nullable=False, server_default=text("false")),
     Column("is_system", Boolean, nullable=False, server_default=text("false")),
     Column("balance", Numeric(39, 0), nullable=False, server_default=text("0")),
+    # What active holds reserve of the account, and will bring it (migration 0006).
+    Column("held_out", Numeric(39, 0), nullable=False, server_default=text("0")),
+    Column("held_in", Numeric(39, 0), nullable=False, server_default=text("0")),
     _created_at(),
-    CheckConstraint("allow_overdraft OR balance >= 0", name="no_overdraft"),
+    # Held funds cannot be spent: the overdraft rule is on what is left of them.
+    CheckConstraint("allow_overdraft OR balance - held_out >= 0", name="no_overdraft"),
+    CheckConstraint("held_out >= 0 AND held_in >= 0", name="held_nonnegative"),
     CheckConstraint("NOT is_system OR allow_overdraft", name="system_may_go_negative"),
     Index(
         "uq_accounts_system_currency",
@@ -110,10 +115,13 @@ transfers = Table(
     Column("kind", Text, nullable=False),
     Column("status", Text, nullable=False, server_default=text("'pending'")),
     Column("rejection_reason", Text),
-    Column("source_account_id", Text, ForeignKey("accounts.id"), nullable=False),
-    Column("destination_account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    # NULL for a transaction or a payment, whose legs are in transfer_legs.
+    Column("source_account_id", Text, ForeignKey("accounts.id")),
+    Column("destination_account_id", Text, ForeignKey("accounts.id")),
+    # What the movement moves: the sum of its debits.
     Column("amount", BigInteger, nullable=False),
-    Column("currency", Text, nullable=False),
+    # NULL for a transaction across currencies.
+    Column("currency", Text),
     Column("description", Text),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("api_key_id", Text, ForeignKey("api_keys.id"), nullable=False),
@@ -131,10 +139,41 @@ transfers = Table(
     Column("posting_attempts", SmallInteger, nullable=False, server_default=text("0")),
     Column("posting_retry_at", DateTime(timezone=True)),
     Column("posting_error", Text),
+    # A capture, cashback, void or expiry: the hold it settles or releases.
+    Column("hold_id", Text),
+    # A reversal: what it reverses, and how much of that one's amount.
+    Column("reverses_id", Text),
+    Column("reversal_amount", BigInteger),
+    # What reversals have reversed of this one, never more than its amount.
+    Column("reversed_amount", BigInteger, nullable=False, server_default=text("0")),
+    # Given by the client, shown as given; balances in the past follow posting time.
+    Column("effective_at", DateTime(timezone=True)),
+    # The account whose rule refused a rejected movement (a transaction's offending leg).
+    Column("rejected_account_id", Text),
     _created_at(),
     Column("posted_at", DateTime(timezone=True)),
     Column("finalized_at", DateTime(timezone=True)),
-    CheckConstraint("kind IN ('deposit', 'withdrawal', 'transfer')", name="kind_known"),
+    CheckConstraint(
+        "kind IN ('deposit', 'withdrawal', 'transfer', 'transaction', 'payment', 'hold',"
+        " 'capture', 'cashback', 'void', 'expire', 'reversal')",
+        name="kind_known",
+    ),
+    CheckConstraint(
+        "(kind IN ('transaction', 'payment', 'reversal')) = (source_account_id IS NULL)"
+        " AND (source_account_id IS NULL) = (destination_account_id IS NULL)",
+        name="accounts_or_legs",
+    ),
+    CheckConstraint("reversed_amount BETWEEN 0 AND amount", name="reversed_within_amount"),
+    CheckConstraint(
+        "(kind = 'reversal') = (reverses_id IS NOT NULL)"
+        " AND (kind = 'reversal') = (reversal_amount IS NOT NULL)"
+        " AND (reversal_amount IS NULL OR reversal_amount > 0)",
+        name="reversal_names_original",
+    ),
+    CheckConstraint(
+        "(kind IN ('capture', 'cashback', 'void', 'expire')) = (hold_id IS NOT NULL)",
+        name="action_names_hold",
+    ),
     CheckConstraint(
         "status IN ('pending', 'posted', 'rejected', 'quarantined')", name="status_known"
     ),
@@ -171,6 +210,9 @@ transfers = Table(
         postgresql_where=text("status = 'pending' AND (group_id IS NULL OR group_id = id)"),
     ),
     Index("ix_transfers_group_id", "group_id", postgresql_where=text("group_id IS NOT NULL")),
+    Index(
+        "ix_transfers_reverses_id", "reverses_id", postgresql_where=text("reverses_id IS NOT NULL")
+    ),
     Index("ix_transfers_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
     # The sweeper and the pending balances read only PENDING rows: keep those indexes small.
     Index(
@@ -190,6 +232,77 @@ transfers = Table(
     ),
 )
 
+transfer_legs = Table(
+    "transfer_legs",
+    metadata,
+    Column("transfer_id", Text, ForeignKey("transfers.id"), nullable=False),
+    Column("leg", SmallInteger, nullable=False),
+    Column("account_id", Text, ForeignKey("accounts.id"), nullable=False),
+    # Signed: negative debits the account.
+    Column("amount", BigInteger, nullable=False),
+    PrimaryKeyConstraint("transfer_id", "leg"),
+    CheckConstraint("amount <> 0", name="amount_nonzero"),
+    Index("ix_transfer_legs_account_id", "account_id"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    # The hold's own movement: posting it reserves the funds.
+    Column("id", Text, ForeignKey("transfers.id"), primary_key=True),
+    Column("source_account_id", Text, nullable=False),
+    Column("destination_account_id", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    # The one movement allowed to settle or release it, claimed by the API or by beat.
+    Column("action_id", Text),
+    Column("captured_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("expires_at", DateTime(timezone=True)),
+    # Captured by beat then: the delayed cashback of a payment.
+    Column("capture_at", DateTime(timezone=True)),
+    _created_at(),
+    CheckConstraint(
+        "status IN ('pending', 'active', 'captured', 'voided', 'expired', 'rejected')",
+        name="status_known",
+    ),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("captured_amount BETWEEN 0 AND amount", name="captured_within_amount"),
+    Index(
+        "ix_holds_expires_at",
+        "expires_at",
+        postgresql_where=text("status = 'active' AND action_id IS NULL"),
+    ),
+    Index(
+        "ix_holds_capture_at",
+        "capture_at",
+        postgresql_where=text("status = 'active' AND action_id IS NULL"),
+    ),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", Text, ForeignKey("transfers.id"), primary_key=True),
+    Column("customer_account_id", Text, nullable=False),
+    Column("merchant_account_id", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("rewards_account_id", Text),
+    Column("basis_points", Integer),
+    Column("cashback_amount", BigInteger, nullable=False, server_default=text("0")),
+    # Set when the cashback waits: the hold that releases it.
+    Column("cashback_hold_id", Text),
+    CheckConstraint(
+        "basis_points IS NULL OR basis_points BETWEEN 0 AND 10000", name="basis_points_range"
+    ),
+    # Rounding down: cashback never exceeds its share of the amount (in numeric: the
+    # products outgrow bigint).
+    CheckConstraint(
+        "cashback_amount::numeric * 10000 <= amount::numeric * coalesce(basis_points, 0)",
+        name="cashback_rounded_down",
+    ),
+)
+
 entries = Table(
     "entries",
     metadata,
@@ -201,11 +314,21 @@ entries = Table(
     Column("account_id", Text, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("balance_after", Numeric(39, 0), nullable=False),
-    _created_at(),
+    # Its leg's position in the movement: one entry per leg.
+    Column("leg", SmallInteger, nullable=False),
+    # The clock of the insert, not the transaction's start: an account's entries are
+    # inserted in its lock order, so their times follow their balances (as_of reads).
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("clock_timestamp()"),
+    ),
     CheckConstraint("amount <> 0", name="amount_nonzero"),
-    # A transfer touches an account once: a second posting of it cannot insert its entries.
-    UniqueConstraint("transfer_id", "account_id"),
+    # One entry per leg: a second posting of a movement cannot insert its entries.
+    UniqueConstraint("transfer_id", "leg"),
     Index("ix_entries_account_id_id", "account_id", "id"),
+    Index("ix_entries_account_id_created_at", "account_id", "created_at"),
 )
 
 idempotency_keys = Table(
@@ -239,6 +362,9 @@ webhook_endpoints = Table(
     Column("previous_secret_expires_at", DateTime(timezone=True)),
     Column("last_success_at", DateTime(timezone=True)),
     Column("failing_since", DateTime(timezone=True)),
+    # When it was last disabled, by the database's clock (compared with events.recorded_at
+    # when it is enabled again); kept once enabled.
+    Column("disabled_at", DateTime(timezone=True)),
     _created_at(),
     Column("deleted_at", DateTime(timezone=True)),
     CheckConstraint("status IN ('enabled', 'disabled')", name="status_known"),
@@ -255,6 +381,10 @@ events = Table(
     # The exact bytes every attempt sends and signs; text, since jsonb would reorder keys.
     Column("payload", Text, nullable=False),
     _created_at(),
+    # The clock when the posting statement inserted it, after that statement's snapshot:
+    # an event recorded after an endpoint's disabled_at may have missed it (migration 0005).
+    # NULL for events older than that migration.
+    Column("recorded_at", DateTime(timezone=True), server_default=text("clock_timestamp()")),
     # One event per final transfer: a second posting cannot emit a second event.
     UniqueConstraint("transfer_id"),
 )
@@ -272,6 +402,9 @@ webhook_deliveries = Table(
     Column("next_attempt_at", DateTime(timezone=True)),
     # A worker that claimed the delivery owns it until then; a crashed one loses it.
     Column("leased_until", DateTime(timezone=True)),
+    # Drawn by each claim; recording the attempt requires it, so a worker whose lease was
+    # taken over cannot overwrite the newer attempt's outcome.
+    Column("lease_token", Text),
     # A task for it is on the queue until then; the scheduler does not enqueue another.
     Column("enqueued_until", DateTime(timezone=True)),
     Column("last_status_code", Integer),
@@ -288,6 +421,12 @@ webhook_deliveries = Table(
         postgresql_where=text("status IN ('pending', 'failed')"),
     ),
     Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    # The claim counts an endpoint's live leases against its concurrency cap.
+    Index(
+        "ix_webhook_deliveries_endpoint_id_leased",
+        "endpoint_id",
+        postgresql_where=text("leased_until IS NOT NULL"),
+    ),
 )
 
 webhook_attempts = Table(

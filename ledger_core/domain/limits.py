@@ -48,3 +48,13 @@ posting_latency_samples_per_batch_max: Final = 50
 # The API remembers an API key check this long: a revoked key stops working within it.
 api_key_cache_ttl_seconds: Final = 5.0
 api_key_cache_size_max: Final = 10_000
+
+# A ledger transaction holds 2 to this many entries.
+transaction_entries_max: Final = 50
+# Cashback rates are in basis points of the amount: 10,000 is the whole of it.
+basis_points_per_unit: Final = 10_000
+# Holds: how long one may reserve funds, and how long a payment's cashback may wait.
+hold_expires_in_seconds_max: Final = 30 * 24 * 3600
+cashback_delay_seconds_max: Final = 365 * 24 * 3600
+# Holds whose expiry or cashback time has come, handled per beat run.
+holds_due_batch_size_max: Final = 500

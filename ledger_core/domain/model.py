@@ -7,14 +7,50 @@ accepted, `posting.py` what a batch of locked accounts and transfers becomes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
 class TransferKind(StrEnum):
+    """What a movement is. The first three are the two-entry transfers of the API's first
+    version; every kind is posted by the same posting path."""
+
     DEPOSIT = "deposit"
     WITHDRAWAL = "withdrawal"
     TRANSFER = "transfer"
+    # N entries, summing to zero per currency.
+    TRANSACTION = "transaction"
+    # Customer to merchant, with its cashback from a rewards account in the same entries.
+    PAYMENT = "payment"
+    # Reserves funds: lowers the source's available balance, moves nothing yet.
+    HOLD = "hold"
+    # Settle a hold (all or part of it; the rest is released).
+    CAPTURE = "capture"
+    # The delayed cashback of a payment, a hold captured when its delay has passed.
+    CASHBACK = "cashback"
+    # Release a hold: asked for, or because it expired.
+    VOID = "void"
+    EXPIRE = "expire"
+    # The opposite entries of a posted movement, in whole or in part.
+    REVERSAL = "reversal"
+
+
+# The kinds whose JSON is the two-account transfer of the first version.
+TWO_ACCOUNT_KINDS = frozenset(
+    {TransferKind.DEPOSIT, TransferKind.WITHDRAWAL, TransferKind.TRANSFER}
+)
+# What posting a movement of each kind does.
+HOLD_SETTLING_KINDS = frozenset({TransferKind.CAPTURE, TransferKind.CASHBACK})
+HOLD_RELEASING_KINDS = frozenset({TransferKind.VOID, TransferKind.EXPIRE})
+
+
+class HoldStatus(StrEnum):
+    PENDING = "pending"  # accepted; the worker has not reserved the funds yet
+    ACTIVE = "active"  # funds reserved
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+    REJECTED = "rejected"  # the funds were not there
 
 
 class TransferStatus(StrEnum):
@@ -34,6 +70,11 @@ class RejectionReason(StrEnum):
     BALANCE_OVERFLOW = "balance_overflow"
     # Another transfer of the same atomic batch was rejected, so this one was too.
     LINKED_TRANSFER_FAILED = "linked_transfer_failed"
+    # The hold to settle or release is no longer active (already captured, voided, expired)
+    # or another action on it came first.
+    HOLD_NOT_ACTIVE = "hold_not_active"
+    # With the reversals posted before it, this one would reverse more than the original.
+    REVERSAL_EXCEEDS_ORIGINAL = "reversal_exceeds_original"
     # Quarantined, then rejected by an operator: it never posted and never will.
     POSTING_FAILED = "posting_failed"
 
@@ -46,6 +87,8 @@ class AcceptError(StrEnum):
     SAME_ACCOUNT = "same_account"
     SYSTEM_ACCOUNT = "system_account_not_allowed"
     AMOUNT_OUT_OF_RANGE = "invalid_amount"
+    UNBALANCED = "unbalanced"
+    TOO_MANY_ENTRIES = "too_many_entries"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +104,38 @@ class AccountFacts:
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """An account read under its row lock, as posting needs it."""
+    """An account read under its row lock, as posting needs it. `held_out` is what active
+    holds reserve of it, `held_in` what they will bring it."""
 
     id: str
     currency: str
     balance: int
     allow_overdraft: bool
     is_system: bool = False
+    held_out: int = 0
+    held_in: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HoldState:
+    """A hold read under its row lock. `action_id` is the one movement allowed to settle
+    or release it: the API (or beat, for expiry and cashback) claims that right first."""
+
+    id: str
+    status: str
+    amount: int
+    source_account_id: str
+    destination_account_id: str
+    action_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalState:
+    """A posted movement being reversed, read under its row lock."""
+
+    id: str
+    amount: int
+    reversed_amount: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +157,29 @@ class TransferToPost:
     id: str
     legs: tuple[Leg, ...]
     group_id: str | None = None
+    kind: TransferKind = TransferKind.TRANSFER
+    # For a hold's own movement, its capture, cashback, void or expiry: the hold.
+    hold_id: str | None = None
+    # For a reversal: what it reverses, and how much of the original's amount.
+    reverses_id: str | None = None
+    reversal_amount: int = 0
 
     @classmethod
     def between(
-        cls, id: str, source: str, destination: str, amount: int, group_id: str | None = None
+        cls,
+        id: str,
+        source: str,
+        destination: str,
+        amount: int,
+        group_id: str | None = None,
+        *,
+        kind: TransferKind = TransferKind.TRANSFER,
+        hold_id: str | None = None,
+        reverses_id: str | None = None,
+        reversal_amount: int = 0,
     ) -> TransferToPost:
-        return cls(id, (Leg(source, -amount), Leg(destination, amount)), group_id)
+        legs = (Leg(source, -amount), Leg(destination, amount))
+        return cls(id, legs, group_id, kind, hold_id, reverses_id, reversal_amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +190,8 @@ class Entry:
     account_id: str
     amount: int
     balance_after: int
+    # Its leg's position in the movement: one entry per leg (an account may appear twice).
+    leg: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +201,40 @@ class Posted:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A hold's funds are reserved (its movement posted, with no entries)."""
+
+    transfer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A hold was voided or expired (its movement posted, with no entries)."""
+
+    transfer_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     transfer_id: str
     reason: RejectionReason
+    # The account whose rule refused it (overdraft, balance bounds), when there is one.
+    account_id: str | None = None
 
 
-Outcome = Posted | Rejected
+Outcome = Posted | Held | Released | Rejected
+# Outcomes that finalise a movement as posted.
+POSTED_OUTCOMES = (Posted, Held, Released)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldChange:
+    """What becomes of a hold: its status, what was captured, and whether its pending
+    action is cleared (a capture that was rejected leaves the hold to another action)."""
+
+    status: str
+    captured_amount: int = 0
+    action_cleared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +243,8 @@ class BatchResult:
     outcomes: list[Outcome]
     # Final balance of every account that a posted transfer touched.
     balances: dict[str, int]
+    # Final (held_out, held_in) of every account whose holds changed.
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)
+    holds: dict[str, HoldChange] = field(default_factory=dict)
+    # New reversed amount of every original a posted reversal reversed.
+    reversed: dict[str, int] = field(default_factory=dict)

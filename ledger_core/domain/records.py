@@ -23,10 +23,13 @@ class AccountRecord:
     allow_overdraft: bool
     is_system: bool
     posted: int
-    # Sums of the amounts of PENDING transfers into and out of the account.
+    # Sums of the amounts of PENDING movements into and out of the account.
     pending_in: int
     pending_out: int
     created_at: datetime
+    # What active holds reserve of it, and will bring it.
+    held_out: int = 0
+    held_in: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,10 +42,11 @@ class AccountRecord:
             "is_system": self.is_system,
             "balance": {
                 "posted": self.posted,
-                # Net effect of transfers accepted but not yet posted.
-                "pending": self.pending_in - self.pending_out,
-                # What may be spent now: incoming money counts once posted, outgoing at once.
-                "available": self.posted - self.pending_out,
+                # Net effect of movements accepted but not yet posted, and of active holds.
+                "pending": self.pending_in - self.pending_out + self.held_in - self.held_out,
+                # What may be spent now: incoming money counts once posted, outgoing (and
+                # held) at once.
+                "available": self.posted - self.pending_out - self.held_out,
             },
             "created_at": iso_utc(self.created_at),
         }
@@ -50,14 +54,17 @@ class AccountRecord:
 
 @dataclass(frozen=True, slots=True)
 class TransferRecord:
+    """A movement's row. Two-account kinds are shown as transfers by `to_json`; others
+    (NULL accounts, legs elsewhere) as transactions (movement_records.py)."""
+
     id: str
     kind: str
     status: str
     rejection_reason: str | None
-    source_account_id: str
-    destination_account_id: str
+    source_account_id: str | None
+    destination_account_id: str | None
     amount: int
-    currency: str
+    currency: str | None
     description: str | None
     metadata: dict[str, str]
     created_at: datetime | None
@@ -151,6 +158,9 @@ class EndpointRecord:
     previous_secret_expires_at: datetime | None
     failing_since: datetime | None
     created_at: datetime
+    # When it was last disabled (kept once enabled again): re-enabling replays the events
+    # finalised since then.
+    disabled_at: datetime | None = None
 
     def to_json(self, *, include_secret: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -162,6 +172,7 @@ class EndpointRecord:
             "description": self.description,
             "status": self.status,
             "disabled_reason": self.disabled_reason,
+            "disabled_at": iso_utc(self.disabled_at),
             "created_at": iso_utc(self.created_at),
         }
         if include_secret:

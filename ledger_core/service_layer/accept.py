@@ -186,13 +186,18 @@ def store_pending(
 def _store_together(uow_factory: UnitOfWorkFactory, writes: Sequence[PendingWrite]) -> list[Stored]:
     with uow_factory() as uow:
         stored = uow.transfers.add_pending(writes)
-        missing = [(w.api_key_id, w.idempotency_key) for w in writes if w.transfer.id not in stored]
+        missing = [
+            (w.api_key_id, w.idempotency_key)
+            for w in writes
+            if w.transfer.id not in stored and w.idempotency_key is not None
+        ]
         existing = uow.transfers.by_idempotency_keys(missing) if missing else {}
         uow.commit()
     results: list[Stored] = []
     for write in writes:
         created = stored.get(write.transfer.id)
         if created is None:
+            assert write.idempotency_key is not None, "only a write with a key can conflict"
             created_before = existing.get((write.api_key_id, write.idempotency_key))
             assert created_before is not None, "the key that conflicted has its transfer"
             results.append(created_before)

@@ -10,7 +10,7 @@ from ledger_core.domain.currency import Currency, iso_currency
 from ledger_core.domain.ids import ACCOUNT_PREFIX, new_id
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import ActionResult, run_idempotent
-from ledger_core.service_layer.pagination import Page, cursor_key, page_of
+from ledger_core.service_layer.pagination import Page, cursor_key, page_of, position
 from ledger_core.service_layer.ports import IdempotencyCache, UnitOfWork, UnitOfWorkFactory
 
 ACCOUNT_NOT_FOUND = Failure("account_not_found", "No such account.")
@@ -81,16 +81,29 @@ def list_accounts(
 
 
 def list_entries(
-    uow_factory: UnitOfWorkFactory, account_id: str, *, cursor: str | None, limit: int
+    uow_factory: UnitOfWorkFactory,
+    account_id: str,
+    *,
+    cursor: str | None,
+    limit: int,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> Page | Failure:
-    """Entries of one account in posting order, oldest first (ascending entry id)."""
-    after_id = cursor_key(cursor, int)
+    """Entries of one account in posting order, oldest first (ascending entry id), those
+    created in (created_after, created_before) if given."""
+    after_id = cursor_key(cursor, position)
     if isinstance(after_id, Failure):
         return after_id
     with uow_factory() as uow:
         if not uow.accounts.facts([account_id]):
             return ACCOUNT_NOT_FOUND
-        records = uow.entries.list_page(account_id, after_id=after_id, limit=limit + 1)
+        records = uow.entries.list_page(
+            account_id,
+            after_id=after_id,
+            limit=limit + 1,
+            created_after=created_after,
+            created_before=created_before,
+        )
     return page_of(records, limit)
 
 

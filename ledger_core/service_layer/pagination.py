@@ -2,15 +2,43 @@
 
 import base64
 import binascii
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ledger_core.service_layer.errors import Failure
 
+# Ours are under 64 characters of unpadded base64url; anything longer or with other
+# characters was not made here and is not decoded (the decoder would skip strays).
+cursor_length_max = 256
+CURSOR_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# What a cursor's key may hold: the ids and positions this API pages by. Anything else
+# (U+0000, which PostgreSQL text cannot even compare, control characters, other
+# scripts) was not made here.
+CURSOR_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# Entry positions are bigint: ASCII digits, at most 19, at most 2^63 - 1.
+POSITION_PATTERN = re.compile(r"[0-9]{1,19}")
+position_max = 2**63 - 1
+
 
 class InvalidCursorError(ValueError):
     pass
+
+
+def identifier(key: str) -> str:
+    """A cursor key that is an id; ValueError for anything no id of ours looks like."""
+    if not CURSOR_KEY_PATTERN.fullmatch(key):
+        raise ValueError(key)
+    return key
+
+
+def position(key: str) -> int:
+    """A cursor key that is an entry position; ValueError for anything int() would
+    stretch to (signs, spaces, underscores, other scripts' digits, beyond bigint)."""
+    if not POSITION_PATTERN.fullmatch(key) or int(key) > position_max:
+        raise ValueError(key)
+    return int(key)
 
 
 def encode_cursor(last_key: str | int) -> str:
@@ -45,11 +73,14 @@ def page_of(records: list[Any], limit: int) -> Page:
     return Page([r.to_json() for r in shown], encode_cursor(shown[-1].id) if more else None)
 
 
-def cursor_key(cursor: str | None, parse: Callable[[str], Any] = str) -> Any:
-    """The key a cursor points after (None for the first page), or a Failure."""
+def cursor_key(cursor: str | None, parse: Callable[[str], Any] = identifier) -> Any:
+    """The key a cursor points after (None for the first page), or a Failure. `parse`
+    refuses keys this API never puts in a cursor, so none reaches a query."""
     if cursor is None:
         return None
     try:
+        if len(cursor) > cursor_length_max or not CURSOR_PATTERN.fullmatch(cursor):
+            raise InvalidCursorError(cursor[:cursor_length_max])
         return parse(decode_cursor(cursor))
     except (InvalidCursorError, ValueError):
         return Failure("invalid_cursor", "The cursor is not one this API returned.")

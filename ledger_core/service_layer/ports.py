@@ -12,7 +12,16 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from ledger_core.domain.model import AccountFacts, AccountState, Outcome
+from ledger_core.domain.model import (
+    AccountFacts,
+    AccountState,
+    HoldChange,
+    HoldState,
+    Leg,
+    OriginalState,
+    Outcome,
+)
+from ledger_core.domain.movement_records import HoldRecord, PaymentRecord, TransactionRecord
 from ledger_core.domain.records import (
     AccountRecord,
     AttemptRecord,
@@ -32,18 +41,47 @@ StoredResponse = tuple[str, int, dict[str, Any]]  # request hash, status code, b
 
 @dataclass(frozen=True, slots=True)
 class NewTransfer:
-    """A transfer to store as PENDING."""
+    """A movement to store as PENDING. A transaction or a payment has its `legs` and no
+    source or destination; every other kind has those two accounts."""
 
     id: str
     kind: str
-    source_account_id: str
-    destination_account_id: str
+    source_account_id: str | None
+    destination_account_id: str | None
     amount: int
-    currency: str
+    currency: str | None
     description: str | None
     metadata: dict[str, str]
     shard: int = 0
     group_id: str | None = None
+    legs: tuple[Leg, ...] = ()
+    hold_id: str | None = None
+    reverses_id: str | None = None
+    reversal_amount: int | None = None
+    effective_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewHold:
+    id: str
+    source_account_id: str
+    destination_account_id: str
+    amount: int
+    currency: str
+    expires_at: datetime | None
+    capture_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    id: str
+    customer_account_id: str
+    merchant_account_id: str
+    amount: int
+    rewards_account_id: str | None
+    basis_points: int | None
+    cashback_amount: int
+    cashback_hold_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +90,9 @@ class PendingWrite:
 
     transfer: NewTransfer
     api_key_id: str
-    idempotency_key: str
-    request_hash: str
+    # None for a movement stored with another under that one's key (a payment's cashback).
+    idempotency_key: str | None
+    request_hash: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +110,7 @@ class KeyedRecord:
     """What an Idempotency-Key already created, with the hash of the request that did."""
 
     request_hash: str
-    record: TransferRecord | BatchRecord
+    record: TransferRecord | BatchRecord | TransactionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +119,17 @@ class ClaimedTransfer:
     thousand of them."""
 
     id: str
-    source_account_id: str
-    destination_account_id: str
+    source_account_id: str | None
+    destination_account_id: str | None
     amount: int
     group_id: str | None
     created_at: datetime
+    kind: str = "transfer"
+    hold_id: str | None = None
+    reverses_id: str | None = None
+    reversal_amount: int = 0
+    # A transaction's or a payment's legs; empty for the two-account kinds.
+    legs: tuple[Leg, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +153,33 @@ class Outbox:
 
 
 @dataclass(frozen=True, slots=True)
+class BroughtEvent:
+    """The event of a movement other than a two-account transfer, built by the worker:
+    its id, its payload, and the accounts endpoints filter it on."""
+
+    event_id: str
+    payload: str
+    accounts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     delivery_id: str
     attempts: int
     event_id: str
     payload: str
     endpoint: EndpointRecord
+    # Drawn by the claim: recording the attempt needs it (see record_attempt).
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointBusy:
+    """A claim refused because the delivery's endpoint has as many live leases as its cap
+    allows: the delivery was left due a little later, and no attempt was counted."""
+
+    endpoint_id: str
+    leases: int
 
 
 Violations = dict[str, list[tuple[str, int]]]
@@ -149,7 +215,17 @@ class AccountRepository(Protocol):
         """Lock the accounts in ascending id order, so that two postings never deadlock."""
         ...
 
-    def set_balances(self, balances: Mapping[str, int]) -> None: ...
+    def set_balances(
+        self, balances: Mapping[str, int], held: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Write new balances and (held_out, held_in) pairs, together: the no-overdraft
+        check holds at the end of a batch, not between the two."""
+        ...
+
+    def balance_as_of(self, account_id: str, moment: datetime) -> int:
+        """The posted balance at `moment`: the balance_after of its last entry at or
+        before it (0 before the first)."""
+        ...
 
 
 class TransferRepository(Protocol):
@@ -181,12 +257,37 @@ class TransferRepository(Protocol):
         transfers, unless the first group alone is bigger."""
         ...
 
-    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
+    def finalize(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: datetime,
+        outbox: Outbox,
+        payloads: Mapping[str, BroughtEvent] | None = None,
+    ) -> list[str]:
         """Write each outcome's final status (posted at `now`) and, in the same statement,
-        the webhook outbox: one event per transfer, one delivery per enabled endpoint that
-        matches it (`endpoint_matches`), its payload `event_payload`. Returns the ids of
-        the deliveries, to enqueue once the transaction commits."""
+        the webhook outbox: one event per movement (`EVENT_TYPES`), one delivery per enabled
+        endpoint that matches it (`endpoint_matches`). A two-account transfer's payload is
+        built by the statement (`event_payload`); other movements bring theirs, in
+        `payloads` by transfer id. Returns the ids of the deliveries, to enqueue once the
+        transaction commits."""
         ...
+
+    def lock_originals(self, transfer_ids: Collection[str]) -> dict[str, OriginalState]:
+        """Lock the posted movements that reversals reverse, in ascending id order."""
+        ...
+
+    def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None: ...
+
+    def movements(self, transfer_ids: Sequence[str]) -> dict[str, TransactionRecord]:
+        """Movements by id, each as a transaction with its entries."""
+        ...
+
+    def get_movement(self, transfer_id: str) -> TransactionRecord | None:
+        """Any movement as a transaction with its entries (planned or posted)."""
+        ...
+
+    def list_movements(self, *, after_id: str | None, limit: int) -> list[TransactionRecord]: ...
 
     def record_posting_failure(
         self,
@@ -210,11 +311,49 @@ class TransferRepository(Protocol):
         ...
 
 
+class HoldRepository(Protocol):
+    def add(self, hold: NewHold) -> None: ...
+
+    def get(self, hold_id: str) -> HoldRecord | None: ...
+
+    def lock(self, hold_ids: Collection[str]) -> dict[str, HoldState]:
+        """Lock the holds in ascending id order."""
+        ...
+
+    def claim_action(
+        self, hold_id: str, action_id: str, *, unexpired_at: datetime | None = None
+    ) -> bool:
+        """Give `action_id` the one right to settle or release an active hold; False if
+        the hold is not active, another action has it, or (given `unexpired_at`) it
+        expired by then, even if beat has not expired it yet."""
+        ...
+
+    def apply(self, changes: Mapping[str, HoldChange]) -> None: ...
+
+    def due(self, *, now: datetime, limit: int) -> list[tuple[HoldRecord, str, str]]:
+        """Active holds with no action whose expiry or cashback time has come, each with
+        what is due ("expire" or "cashback") and the API key that created it; locked,
+        skipping those another transaction holds."""
+        ...
+
+
+class PaymentRepository(Protocol):
+    def add(self, payment: NewPayment) -> None: ...
+
+    def get(self, payment_id: str) -> PaymentRecord | None: ...
+
+
 class EntryRepository(Protocol):
     def add_posted(self, outcomes: Sequence[Outcome]) -> None: ...
 
     def list_page(
-        self, account_id: str, *, after_id: int | None, limit: int
+        self,
+        account_id: str,
+        *,
+        after_id: int | None,
+        limit: int,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[EntryRecord]: ...
 
 
@@ -274,6 +413,23 @@ class EndpointRepository(Protocol):
 
     def record_failure(self, endpoint_id: str, now: datetime) -> None: ...
 
+    def lock(self, endpoint_id: str) -> EndpointRecord | None:
+        """Lock the endpoint's row and read it (None if deleted). Whatever locks an endpoint
+        and some of its deliveries locks the endpoint first, so that an attempt being
+        recorded and a disable on 410 never deadlock."""
+        ...
+
+    def disable(self, endpoint_id: str, *, reason: str) -> None:
+        """Disable it for `reason`; `disabled_at` becomes the database's clock (kept if it
+        was disabled already), to compare with `events.recorded_at` on enabling."""
+        ...
+
+    def enable(self, endpoint_id: str) -> None:
+        """Enable it, and wait out every posting still writing events: once this
+        transaction commits, an event finalised later gets its delivery from the posting
+        itself, and one finalised before is visible to the next transaction (to replay)."""
+        ...
+
 
 class EventRepository(Protocol):
     def payload(self, event_id: str) -> str | None: ...
@@ -289,8 +445,20 @@ class DeliveryRepository(Protocol):
     def attempts(self, delivery_id: str) -> list[AttemptRecord]: ...
 
     def claim(
-        self, delivery_id: str, *, now: datetime, lease_until: datetime
-    ) -> ClaimedDelivery | None: ...
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        lease_token: str,
+        endpoint_concurrency_max: int,
+        busy_retry_at: datetime,
+    ) -> ClaimedDelivery | EndpointBusy | None:
+        """Lease the delivery for one attempt (counted now) if it is due and unleased, and
+        its endpoint has fewer live leases than `endpoint_concurrency_max` (decided under
+        the endpoint's row lock, taken first). At the cap: make it due at `busy_retry_at`,
+        clear its queued mark, count nothing, and say so. None: not due, or leased."""
+        ...
 
     def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]: ...
 
@@ -303,7 +471,11 @@ class DeliveryRepository(Protocol):
         error: str | None,
         duration_milliseconds: int,
         decision: AttemptDecision,
-    ) -> None: ...
+        lease_token: str,
+    ) -> bool:
+        """Record the attempt and apply the decision, if the delivery is still leased with
+        `lease_token`; False (nothing written) when the lease passed to another worker."""
+        ...
 
     def abandon(self, delivery_id: str, *, error: str) -> None: ...
 
@@ -312,6 +484,12 @@ class DeliveryRepository(Protocol):
     def schedule_now(
         self, delivery_id: str, *, now: datetime, enqueued_until: datetime
     ) -> bool: ...
+
+    def add_missed(self, endpoint_id: str, *, since: datetime, limit: int, now: datetime) -> int:
+        """Create a delivery, due `now`, for each event recorded since `since` that the
+        endpoint matches (`endpoint_matches`, against the transfer's accounts) and has none
+        for: at most `limit`, oldest first. Returns how many were created."""
+        ...
 
 
 class BooksChecks(Protocol):
@@ -333,6 +511,12 @@ class UnitOfWork(Protocol):
 
     @property
     def entries(self) -> EntryRepository: ...
+
+    @property
+    def holds(self) -> HoldRepository: ...
+
+    @property
+    def payments(self) -> PaymentRepository: ...
 
     @property
     def idempotency(self) -> IdempotencyRepository: ...

@@ -18,16 +18,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from ledger_core.domain import limits
-from ledger_core.domain.model import Outcome, Posted, Rejected, RejectionReason, TransferToPost
-from ledger_core.domain.posting import post_batch
+from ledger_core.domain.ids import new_id
+from ledger_core.domain.model import (
+    POSTED_OUTCOMES,
+    TWO_ACCOUNT_KINDS,
+    AccountState,
+    Outcome,
+    Posted,
+    Rejected,
+    RejectionReason,
+    TransferKind,
+    TransferToPost,
+)
+from ledger_core.domain.movement_records import EntryView, TransactionRecord
+from ledger_core.domain.posting import post_batch, rejected_hold_changes
+from ledger_core.domain.webhooks import EVENT_PREFIX, EVENT_TYPES, transaction_event_payload
 from ledger_core.service_layer.errors import StorageRefusedError
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
+    BroughtEvent,
     Claim,
     ClaimedTransfer,
     EnqueueDeliveries,
@@ -186,25 +200,111 @@ def _post_once(
     return BatchReport(len(claim.transfers), claim.full, outcomes, [])
 
 
+def _movement(c: ClaimedTransfer) -> TransferToPost:
+    kind = TransferKind(c.kind)
+    # A hold's own movement is the hold: its id is the hold's id.
+    hold_id = c.id if kind is TransferKind.HOLD else c.hold_id
+    if c.legs:
+        return TransferToPost(
+            c.id, c.legs, c.group_id, kind, hold_id, c.reverses_id, c.reversal_amount
+        )
+    assert c.source_account_id is not None and c.destination_account_id is not None
+    return TransferToPost.between(
+        c.id,
+        c.source_account_id,
+        c.destination_account_id,
+        c.amount,
+        c.group_id,
+        kind=kind,
+        hold_id=hold_id,
+        reverses_id=c.reverses_id,
+        reversal_amount=c.reversal_amount,
+    )
+
+
 def _write_batch(
     uow: UnitOfWork, claim: Claim, options: PostingOptions
 ) -> tuple[list[Outcome], list[str]]:
-    movements = [
-        TransferToPost.between(
-            c.id, c.source_account_id, c.destination_account_id, c.amount, c.group_id
-        )
-        for c in claim.transfers
-    ]
+    movements = [_movement(c) for c in claim.transfers]
+    # Locks in one order everywhere: the claimed movements, holds, reversed originals,
+    # then accounts, each in ascending id order.
+    settled = {
+        m.hold_id for m in movements if m.hold_id is not None and m.kind is not TransferKind.HOLD
+    }
+    holds = uow.holds.lock(settled) if settled else {}
+    reversed_ids = {m.reverses_id for m in movements if m.reverses_id is not None}
+    originals = uow.transfers.lock_originals(reversed_ids) if reversed_ids else {}
     accounts = uow.accounts.lock({leg.account_id for m in movements for leg in m.legs})
-    result = post_batch(accounts, movements)
+    result = post_batch(accounts, movements, holds=holds, originals=originals)
     uow.entries.add_posted(result.outcomes)
-    uow.accounts.set_balances(result.balances)
+    uow.accounts.set_balances(result.balances, result.held)
+    uow.holds.apply(result.holds)
+    uow.transfers.set_reversed(result.reversed)
     outbox = Outbox(
         time=options.clock() if options.clock is not None else claim.now,
         requeue_after_seconds=options.webhook_requeue_after_seconds,
     )
-    delivery_ids = uow.transfers.finalize(result.outcomes, now=claim.now, outbox=outbox)
+    payloads = _brought_events(
+        uow, movements, result.outcomes, accounts=accounts, now=claim.now, outbox=outbox
+    )
+    delivery_ids = uow.transfers.finalize(
+        result.outcomes, now=claim.now, outbox=outbox, payloads=payloads
+    )
     return result.outcomes, delivery_ids
+
+
+def _brought_events(
+    uow: UnitOfWork,
+    movements: Sequence[TransferToPost],
+    outcomes: Sequence[Outcome],
+    *,
+    accounts: Mapping[str, AccountState],
+    now: datetime,
+    outbox: Outbox,
+) -> dict[str, BroughtEvent]:
+    """Events of the movements the posting statement does not build itself: anything but
+    a two-account transfer, shown as a transaction with its final entries."""
+    others = {m.id: m for m in movements if m.kind not in TWO_ACCOUNT_KINDS}
+    if not others:
+        return {}
+    records = uow.transfers.movements(list(others))
+    brought: dict[str, BroughtEvent] = {}
+    for outcome in outcomes:
+        movement = others.get(outcome.transfer_id)
+        if movement is None:
+            continue
+        record = _final(records[outcome.transfer_id], outcome, accounts, now)
+        event_type = EVENT_TYPES[(record.kind, record.status)].value
+        event_id = new_id(EVENT_PREFIX)
+        brought[outcome.transfer_id] = BroughtEvent(
+            event_id,
+            transaction_event_payload(event_id, event_type, outbox.time, record),
+            tuple(dict.fromkeys(leg.account_id for leg in movement.legs)),
+        )
+    return brought
+
+
+def _final(
+    record: TransactionRecord,
+    outcome: Outcome,
+    accounts: Mapping[str, AccountState],
+    now: datetime,
+) -> TransactionRecord:
+    if isinstance(outcome, Rejected):
+        return replace(
+            record,
+            status="rejected",
+            rejection_reason=outcome.reason.value,
+            rejected_account_id=outcome.account_id,
+        )
+    entries = record.entries
+    if isinstance(outcome, Posted):
+        by_leg = {entry.leg: entry for entry in outcome.entries}
+        entries = [
+            EntryView(e.account_id, e.amount, accounts[e.account_id].currency, e.balance_after)
+            for _, e in sorted(by_leg.items())
+        ]
+    return replace(record, status="posted", posted_at=now, entries=entries)
 
 
 def _after_commit(
@@ -214,7 +314,7 @@ def _after_commit(
     duration_seconds: float,
     options: PostingOptions,
 ) -> None:
-    posted = sum(isinstance(o, Posted) for o in outcomes)
+    posted = sum(isinstance(o, POSTED_OUTCOMES) for o in outcomes)
     counts = {"posted": posted, "rejected": len(outcomes) - posted}
     # Accepted to committed, by this process's clock, for an even sample of the batch: a
     # histogram observation per transfer would cost more than the rest of the bookkeeping,
@@ -338,24 +438,33 @@ def reject_quarantined(
     webhook_requeue_after_seconds: float = DEFAULT_OPTIONS.webhook_requeue_after_seconds,
     clock: Clock = lambda: datetime.now(UTC),
 ) -> list[str]:
-    """Give up on a quarantined transfer (with its atomic batch): rejected as
-    `posting_failed`, its `transfer.rejected` event written as for any rejection. Returns
-    the ids rejected (none if it was not quarantined)."""
+    """Give up on a quarantined movement (with its atomic group): rejected as
+    `posting_failed`, as the posting rejects anything: its event written, its hold
+    rejected, or the hold it acted on given back to other actions. Returns the ids
+    rejected (none if it was not quarantined)."""
     with uow_factory() as uow:
         released = uow.transfers.release_quarantined_ids(transfer_id)
         if not released:
             return []
+        # Released to PENDING just now, in this transaction: claimed back at once.
+        claim = uow.transfers.claim(shard=0, limit=len(released), only_ids=released)
+        movements = [_movement(c) for c in claim.transfers]
+        settled = {
+            m.hold_id
+            for m in movements
+            if m.hold_id is not None and m.kind is not TransferKind.HOLD
+        }
+        holds = uow.holds.lock(settled) if settled else {}
+        uow.holds.apply(rejected_hold_changes(movements, holds))
         outcomes: list[Outcome] = [
-            Rejected(released_id, RejectionReason.POSTING_FAILED) for released_id in released
+            Rejected(m.id, RejectionReason.POSTING_FAILED) for m in movements
         ]
         now = clock()
-        uow.transfers.finalize(
-            outcomes,
-            now=now,
-            outbox=Outbox(time=now, requeue_after_seconds=webhook_requeue_after_seconds),
-        )
+        outbox = Outbox(time=now, requeue_after_seconds=webhook_requeue_after_seconds)
+        payloads = _brought_events(uow, movements, outcomes, accounts={}, now=now, outbox=outbox)
+        uow.transfers.finalize(outcomes, now=now, outbox=outbox, payloads=payloads)
         uow.commit()
-    return released
+    return [m.id for m in movements]
 
 
 def release_quarantined(uow_factory: UnitOfWorkFactory, transfer_id: str) -> bool:

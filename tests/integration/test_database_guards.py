@@ -41,13 +41,18 @@ def refused(raw: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> s
     return str(caught.value)
 
 
-def entries(*rows: tuple[str, str, int]) -> tuple[str, dict[str, Any]]:
-    values = ", ".join(f"(%(t{i})s, %(a{i})s, %(m{i})s, 0)" for i in range(len(rows)))
+def entries(*rows: tuple[str, str, int], first_leg: int = 100) -> tuple[str, dict[str, Any]]:
+    # The leg is the entry's position in its movement, unique per movement: by default
+    # clear of the legs a posting already wrote.
+    values = ", ".join(
+        f"(%(t{i})s, %(a{i})s, %(m{i})s, 0, {first_leg + i})" for i in range(len(rows))
+    )
     params: dict[str, Any] = {}
     for i, (transfer, account, amount) in enumerate(rows):
         params |= {f"t{i}": transfer, f"a{i}": account, f"m{i}": amount}
     return (
-        f"INSERT INTO entries (transfer_id, account_id, amount, balance_after) VALUES {values}",
+        f"INSERT INTO entries (transfer_id, account_id, amount, balance_after, leg)"
+        f" VALUES {values}",
         params,
     )
 
@@ -103,10 +108,12 @@ def test_a_second_posting_of_a_transfer_is_refused(
             "SELECT source_account_id FROM transfers WHERE id = %(t)s", {"t": books["posted"]}
         ).fetchone()
     assert system is not None
-    message = refused(
-        raw, *entries((books["posted"], system[0], -100), (books["posted"], books["usd"], 100))
+    # Posting it again writes its legs again: each leg of a movement is posted once.
+    again = entries(
+        (books["posted"], system[0], -100), (books["posted"], books["usd"], 100), first_leg=0
     )
-    assert "uq_entries_transfer_id_account_id" in message
+    message = refused(raw, *again)
+    assert "uq_entries_transfer_id_leg" in message
 
 
 @pytest.mark.parametrize(

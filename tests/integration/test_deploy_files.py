@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["release", "web", "worker", "webhooks", "housekeeping", "beat", "flower"]
 # The compose service that plays each Procfile process; postgres and redis are extra.
 SERVICE_OF = {name: name for name in PROCESSES} | {"release": "migrate"}
-SERVERS = {"postgres", "redis"}
+SERVERS = {"postgres", "redis", "redis-cache"}
 QUEUE_OF = {"worker": "transfers", "webhooks": "webhooks", "housekeeping": "housekeeping"}
 # migrate runs once and exits; beat has nothing to ask (a crashed beat exits, is restarted).
 WITHOUT_HEALTHCHECK = {"migrate", "beat"}
@@ -82,6 +82,14 @@ def test_servers_keep_the_broker_durable() -> None:
     redis_argv = " ".join(_argv(services["redis"]["command"]))
     assert "--appendonly yes" in redis_argv
     assert "--maxmemory-policy noeviction" in redis_argv
+
+
+def test_the_idempotency_cache_is_a_server_of_its_own_that_evicts() -> None:
+    services = _services()
+    cache_argv = _argv(services["redis-cache"]["command"])
+    assert _option(cache_argv, "--maxmemory-policy") == "allkeys-lru"
+    assert _option(cache_argv, "--maxmemory")
+    assert _compose()["x-ledger-env"]["IDEMPOTENCY_CACHE_URL"] == "redis://redis-cache:6379/0"
 
 
 def test_app_services_are_configured_from_the_environment() -> None:

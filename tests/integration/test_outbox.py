@@ -5,14 +5,16 @@ it), and deliveries go exactly to the endpoints `endpoint_matches` selects."""
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ledger_core.domain.model import TransferKind
+from ledger_core.domain.model import Leg, TransferKind
 from ledger_core.domain.records import EndpointRecord
 from ledger_core.domain.webhooks import endpoint_matches
-from ledger_core.service_layer import accept, posting, webhooks
+from ledger_core.service_layer import accept, movements, posting, reads, webhooks
+from ledger_core.service_layer.errors import Response
 from ledger_core.service_layer.ports import NullIdempotencyCache
 from tests.support.books import Books
 
@@ -47,7 +49,9 @@ def test_events_and_deliveries_match_the_domain_reference(uow_factory: Any, engi
         _endpoint(uow_factory, account_ids=[bob, other], events=["transfer.posted"]),
     ]
     disabled, deleted = _endpoint(uow_factory), _endpoint(uow_factory)
-    webhooks.update_endpoint(uow_factory, AllowAll(), disabled, {"status": "disabled"})
+    webhooks.update_endpoint(
+        uow_factory, AllowAll(), disabled, {"status": "disabled"}, replay_events_max=10
+    )
     webhooks.delete_endpoint(uow_factory, deleted)
 
     response = accept.accept_transfer(
@@ -126,5 +130,124 @@ def test_every_event_and_delivery_of_a_batch_gets_its_own_id(
     assert len({event.id for event in events}) == 200
     assert all(json.loads(event.payload)["id"] == event.id for event in events)
     assert deliveries == 200 * len(endpoints)
+    for endpoint_id in endpoints:
+        webhooks.delete_endpoint(uow_factory, endpoint_id)
+
+
+def test_events_of_every_other_movement_are_the_transaction_the_api_shows(
+    uow_factory: Any, engine: Engine
+) -> None:
+    """Transactions, holds and their actions, payments and reversals: the worker builds
+    their payloads (not the posting statement); each must be what GET /v1/transactions
+    shows, and go to the endpoints that match its type and any of its accounts."""
+    books = Books(uow_factory, name="outbox-movements")
+    alice, bob, carol = books.open_account(), books.open_account(), books.open_account()
+    books.move(TransferKind.DEPOSIT, None, alice, 1_000)
+    endpoints = [
+        _endpoint(uow_factory),
+        _endpoint(uow_factory, events=["transaction.posted"]),
+        _endpoint(uow_factory, events=["hold.created", "hold.captured"]),
+        _endpoint(uow_factory, account_ids=[carol]),
+        _endpoint(uow_factory, account_ids=[bob], events=["transfer.reversed"]),
+    ]
+
+    def keyed() -> movements.Keyed:
+        return movements.Keyed(books.key_id, secrets.token_hex(8), "h")
+
+    def accepted(result: Any) -> str:
+        assert isinstance(result, Response), result
+        return str(result.body["id"])
+
+    no_cache, no_wake = NullIdempotencyCache(), lambda shard: None
+
+    def transaction(*legs: tuple[str, int]) -> str:
+        return accepted(
+            movements.accept_transaction(
+                uow_factory,
+                no_cache,
+                no_wake,
+                keyed=keyed(),
+                legs=[Leg(a, m) for a, m in legs],
+                description="split",
+                metadata={"k": "v"},
+                effective_at=None,
+            )
+        )
+
+    split = transaction((alice, -300), (bob, 100), (carol, 200))
+    short = transaction((bob, -5_000), (carol, 5_000))
+    hold = accepted(
+        movements.accept_hold(
+            uow_factory,
+            no_cache,
+            no_wake,
+            keyed=keyed(),
+            source_account_id=alice,
+            destination_account_id=bob,
+            amount=50,
+            expires_in_seconds=None,
+            description=None,
+            metadata={},
+        )
+    )
+    posting.post_transfers(uow_factory, [split, short, hold])
+    capture = accepted(
+        movements.act_on_hold(
+            uow_factory, no_cache, no_wake, keyed=keyed(), hold_id=hold, kind=TransferKind.CAPTURE
+        )
+    )
+    refund = accepted(
+        movements.reverse(
+            uow_factory,
+            no_cache,
+            no_wake,
+            keyed=keyed(),
+            original_id=split,
+            amount=None,
+            reason="refund",
+        )
+    )
+    posting.post_transfers(uow_factory, [capture, refund])
+
+    with uow_factory() as uow:
+        enabled = {e.id: e for e in uow.endpoints.enabled()}
+    seen_types = []
+    for movement_id in (split, short, hold, capture, refund):
+        final = reads.get_transaction(uow_factory, movement_id)
+        assert isinstance(final, dict)
+        # An event is the movement as it was when final, before anything reversed it.
+        final |= {"reversed_amount": 0, "reversed_by_ids": []}
+        with engine.connect() as connection:
+            event = connection.execute(
+                text("SELECT id, type, payload FROM events WHERE transfer_id = :t"),
+                {"t": movement_id},
+            ).one()
+            delivered_to = set(
+                connection.scalars(
+                    text("SELECT endpoint_id FROM webhook_deliveries WHERE event_id = :e"),
+                    {"e": event.id},
+                )
+            )
+        payload = json.loads(event.payload)
+        assert payload["data"] == final, movement_id  # field for field
+        assert list(payload["data"]) == list(final)
+        assert payload["id"] == event.id and payload["type"] == event.type
+        seen_types.append(event.type)
+        accounts = {entry["account_id"] for entry in final["entries"]}
+        if not accounts:  # a hold posts no entry: its accounts are the hold's
+            accounts = {alice, bob}
+        expected = {
+            endpoint_id
+            for endpoint_id in endpoints
+            if endpoint_matches(enabled[endpoint_id], event.type, accounts)
+        }
+        assert delivered_to == expected, (movement_id, event.type)
+    assert seen_types == [
+        "transaction.posted",
+        "transaction.rejected",
+        "hold.created",
+        "hold.captured",
+        "transfer.reversed",
+    ]
     for endpoint_id in endpoints:
         webhooks.delete_endpoint(uow_factory, endpoint_id)

@@ -19,8 +19,10 @@ from devstack import create_database
 from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings, normalize_database_url
-from ledger_core.domain.model import TransferKind
-from ledger_core.service_layer import webhooks
+from ledger_core.domain.model import Leg, TransferKind
+from ledger_core.service_layer import movements, posting, webhooks
+from ledger_core.service_layer.errors import Response
+from ledger_core.service_layer.ports import NullIdempotencyCache
 from tests.support.books import Books
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +57,59 @@ def books(servers: tuple[str, str]) -> Iterator[dict[str, Any]]:
     )
     funded = made.move(TransferKind.DEPOSIT, None, alice, 1_000)
     moved = made.move(TransferKind.TRANSFER, alice, bob, 300)
+    extra = _movements(uow_factory, made, alice, bob, moved)
     plain = url.replace("postgresql+psycopg://", "postgresql://")
-    yield {"url": url, "plain": plain, "alice": alice, "bob": bob, "funded": funded, "moved": moved}
+    yield {
+        "url": url,
+        "plain": plain,
+        "alice": alice,
+        "bob": bob,
+        "funded": funded,
+        "moved": moved,
+        **extra,
+    }
     engine.dispose()
     admin = servers[0].replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _movements(uow_factory: Any, made: Books, alice: str, bob: str, moved: str) -> dict[str, str]:
+    """An active hold, a transaction and a partial reversal: the rules for them apply."""
+
+    def keyed() -> movements.Keyed:
+        return movements.Keyed(made.key_id, secrets.token_hex(8), "h")
+
+    cache, wake = NullIdempotencyCache(), lambda shard: None
+    hold = movements.accept_hold(
+        uow_factory,
+        cache,
+        wake,
+        keyed=keyed(),
+        source_account_id=alice,
+        destination_account_id=bob,
+        amount=100,
+        expires_in_seconds=None,
+        description=None,
+        metadata={},
+    )
+    split = movements.accept_transaction(
+        uow_factory,
+        cache,
+        wake,
+        keyed=keyed(),
+        legs=[Leg(alice, -30), Leg(bob, 20), Leg(bob, 10)],
+        description=None,
+        metadata={},
+        effective_at=None,
+    )
+    refund = movements.reverse(
+        uow_factory, cache, wake, keyed=keyed(), original_id=moved, amount=50, reason=None
+    )
+    ids = {"hold": hold, "split": split, "refund": refund}
+    assert all(isinstance(r, Response) for r in ids.values()), ids
+    posting.post_transfers(uow_factory, [r.body["id"] for r in ids.values()])  # type: ignore[union-attr]
+    return {name: r.body["id"] for name, r in ids.items()}  # type: ignore[union-attr]
 
 
 def reconcile(url: str) -> subprocess.CompletedProcess[str]:
@@ -155,9 +204,60 @@ def test_stuck_work_is_caught(books: dict[str, Any]) -> None:
     )
     result = reconcile(books["url"])
     assert result.returncode == 1
-    # A pending transfer with entries also breaks the two-entries rule.
+    # A pending transfer with entries also breaks the entry-count rule.
     assert {
         "transfer_pending_too_long",
-        "posted_transfer_without_two_entries",
+        "posted_movement_with_wrong_entry_count",
         "webhook_delivery_overdue",
     } <= failed_rules(result)
+
+
+@pytest.mark.parametrize(
+    ("statements", "rules"),
+    [
+        (
+            ["UPDATE accounts SET held_out = held_out + 1 WHERE id = %(alice)s"],
+            {"held_differs_from_active_holds"},
+        ),
+        (
+            [
+                "UPDATE holds SET status = 'voided' WHERE id = %(hold)s",
+            ],
+            {"held_differs_from_active_holds", "hold_differs_from_its_actions"},
+        ),
+        (
+            ["UPDATE transfers SET reversed_amount = 0 WHERE id = %(moved)s"],
+            {"reversed_amount_differs_from_reversals"},
+        ),
+        (
+            # A posted leg that says other than its entry.
+            ["UPDATE transfer_legs SET amount = -31 WHERE transfer_id = %(split)s AND leg = 0"],
+            {"entry_differs_from_its_leg"},
+        ),
+        (
+            # Reserved beyond the balance, past the database's check.
+            [
+                "ALTER TABLE accounts DROP CONSTRAINT ck_accounts_no_overdraft",
+                "UPDATE holds SET amount = 10000 WHERE id = %(hold)s",
+                "UPDATE accounts SET held_out = 10000 WHERE id = %(alice)s",
+                "UPDATE accounts SET held_in = held_in + 9900 WHERE id = %(bob)s",
+            ],
+            {"available_negative_without_overdraft"},
+        ),
+        (
+            [
+                "ALTER TABLE transfers DROP CONSTRAINT ck_transfers_reversed_within_amount",
+                "UPDATE transfers SET reversal_amount = 400 WHERE id = %(refund)s",
+                "UPDATE transfers SET reversed_amount = 400 WHERE id = %(moved)s",
+            ],
+            {"reversals_exceed_original"},
+        ),
+    ],
+)
+def test_each_movement_rule_catches_its_corruption(
+    books: dict[str, Any], statements: list[str], rules: set[str]
+) -> None:
+    corrupt(books["plain"], *statements, **{k: v for k, v in books.items() if k != "plain"})
+    result = reconcile(books["url"])
+    assert result.returncode == 1
+    assert failed_rules(result) == rules, result.stdout

@@ -36,8 +36,29 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ledger_core.adapters.sql_transfers import stale_scan_rows_max
+from ledger_core.domain import limits
 from ledger_core.domain.ids import new_id
-from ledger_core.domain.model import AccountFacts, AccountState, Outcome, Posted
+from ledger_core.domain.model import (
+    HOLD_RELEASING_KINDS,
+    HOLD_SETTLING_KINDS,
+    POSTED_OUTCOMES,
+    AccountFacts,
+    AccountState,
+    HoldChange,
+    HoldState,
+    HoldStatus,
+    Leg,
+    OriginalState,
+    Outcome,
+    Posted,
+    TransferKind,
+)
+from ledger_core.domain.movement_records import (
+    EntryView,
+    HoldRecord,
+    PaymentRecord,
+    TransactionRecord,
+)
 from ledger_core.domain.records import (
     AccountRecord,
     AttemptRecord,
@@ -48,6 +69,7 @@ from ledger_core.domain.records import (
     TransferRecord,
 )
 from ledger_core.domain.webhooks import (
+    EVENT_TYPES,
     AttemptDecision,
     DeliveryStatus,
     EndpointStatus,
@@ -56,11 +78,15 @@ from ledger_core.domain.webhooks import (
 )
 from ledger_core.service_layer.errors import StorageRefusedError, StorageUnavailableError
 from ledger_core.service_layer.ports import (
+    BroughtEvent,
     Claim,
     ClaimedDelivery,
     ClaimedTransfer,
+    EndpointBusy,
     KeyedRecord,
     NewBatch,
+    NewHold,
+    NewPayment,
     NewTransfer,
     Outbox,
     PendingWrite,
@@ -74,7 +100,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SMALLINT_MIN, SMALLINT_MAX = -(2**15), 2**15 - 1
 NUMERIC_39_MAX = 10**39 - 1  # numeric(39, 0)
 IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60  # PUT_RESPONSE's %(ttl)s: limits.idempotency_ttl_seconds
-TRANSFER_KINDS = ("deposit", "withdrawal", "transfer")
+TRANSFER_KINDS = tuple(kind.value for kind in TransferKind)
+# Kinds whose entries are in transfer_legs (no source, no destination).
+LEGGED_KINDS = ("transaction", "payment", "reversal")
+# Kinds that settle or release a hold: their money is in held_out/held_in while pending.
+HOLD_ACTION_KINDS = tuple(k.value for k in (*HOLD_SETTLING_KINDS, *HOLD_RELEASING_KINDS))
+# What only reserves or releases funds: never an entry (sql_movements.RESERVING_KINDS).
+RESERVING_KINDS = ("hold", "void", "expire")
+HOLD_STATUSES = tuple(status.value for status in HoldStatus)
 TRANSFER_STATUSES = ("pending", "posted", "rejected", "quarantined")
 RETRYABLE_DELIVERIES = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
 ENDPOINT_COLUMNS = frozenset(
@@ -90,6 +123,7 @@ ENDPOINT_COLUMNS = frozenset(
         "previous_secret_expires_at",
         "last_success_at",
         "failing_since",
+        "disabled_at",
         "deleted_at",
     }
 )
@@ -141,6 +175,9 @@ class AccountRow:
     is_system: bool
     balance: int
     created_at: datetime
+    # What active holds reserve of it, and will bring it.
+    held_out: int = 0
+    held_in: int = 0
 
 
 @dataclass
@@ -148,10 +185,12 @@ class TransferRow:
     id: str
     seq: int
     kind: str
-    source_account_id: str
-    destination_account_id: str
+    # NULL for a transaction, a payment or a reversal: their legs are in State.legs.
+    source_account_id: str | None
+    destination_account_id: str | None
     amount: int
-    currency: str
+    # NULL for a transaction across currencies.
+    currency: str | None
     description: str | None
     metadata: dict[str, str]
     api_key_id: str
@@ -168,13 +207,19 @@ class TransferRow:
     posting_error: str | None = None
     posted_at: datetime | None = None
     finalized_at: datetime | None = None
+    hold_id: str | None = None
+    reverses_id: str | None = None
+    reversal_amount: int | None = None
+    reversed_amount: int = 0
+    effective_at: datetime | None = None
+    rejected_account_id: str | None = None
 
     @property
     def claimable(self) -> bool:
         # ix_transfers_claimable's predicate: PENDING single transfers and group heads.
         return self.status == "pending" and (self.group_id is None or self.group_id == self.id)
 
-    def claimed(self) -> ClaimedTransfer:
+    def claimed(self, legs: Sequence[Leg] = ()) -> ClaimedTransfer:
         return ClaimedTransfer(
             self.id,
             self.source_account_id,
@@ -182,6 +227,11 @@ class TransferRow:
             self.amount,
             self.group_id,
             self.created_at,
+            self.kind,
+            self.hold_id,
+            self.reverses_id,
+            self.reversal_amount or 0,
+            tuple(legs),
         )
 
     def record(self) -> TransferRecord:
@@ -200,6 +250,76 @@ class TransferRow:
             posted_at=self.posted_at,
             batch_id=self.batch_id,
         )
+
+
+@dataclass
+class HoldRow:
+    id: str
+    source_account_id: str
+    destination_account_id: str
+    amount: int
+    currency: str
+    created_at: datetime
+    status: str = HoldStatus.PENDING.value
+    action_id: str | None = None
+    captured_amount: int = 0
+    expires_at: datetime | None = None
+    capture_at: datetime | None = None
+
+    def record(self) -> HoldRecord:
+        return HoldRecord(
+            id=self.id,
+            status=self.status,
+            source_account_id=self.source_account_id,
+            destination_account_id=self.destination_account_id,
+            amount=self.amount,
+            captured_amount=self.captured_amount,
+            currency=self.currency,
+            action_id=self.action_id,
+            expires_at=self.expires_at,
+            capture_at=self.capture_at,
+            created_at=self.created_at,
+        )
+
+    def state(self) -> HoldState:
+        return HoldState(
+            self.id,
+            self.status,
+            self.amount,
+            self.source_account_id,
+            self.destination_account_id,
+            self.action_id,
+        )
+
+    def claimable_by_action(self, unexpired_at: datetime | None) -> bool:
+        # CLAIM_ACTION's WHERE clause.
+        return (
+            self.status == HoldStatus.ACTIVE.value
+            and self.action_id is None
+            and (unexpired_at is None or self.expires_at is None or self.expires_at > unexpired_at)
+        )
+
+    def due(self, now: datetime) -> str | None:
+        """DUE_HOLDS: what is due of an active hold with no action, if anything."""
+        if self.status != HoldStatus.ACTIVE.value or self.action_id is not None:
+            return None
+        if self.capture_at is not None and self.capture_at <= now:
+            return "cashback"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expire"
+        return None
+
+
+@dataclass
+class PaymentRow:
+    id: str
+    customer_account_id: str
+    merchant_account_id: str
+    amount: int
+    rewards_account_id: str | None
+    basis_points: int | None
+    cashback_amount: int
+    cashback_hold_id: str | None
 
 
 @dataclass
@@ -247,6 +367,7 @@ class EndpointRow:
     last_success_at: datetime | None = None
     failing_since: datetime | None = None
     deleted_at: datetime | None = None
+    disabled_at: datetime | None = None
 
     def record(self) -> EndpointRecord:
         return EndpointRecord(
@@ -262,6 +383,7 @@ class EndpointRow:
             previous_secret_expires_at=self.previous_secret_expires_at,
             failing_since=self.failing_since,
             created_at=self.created_at,
+            disabled_at=self.disabled_at,
         )
 
 
@@ -272,6 +394,9 @@ class EventRow:
     transfer_id: str
     payload: str
     created_at: datetime
+    # clock_timestamp() of the insert in PostgreSQL; None here reads as created_at (the
+    # fake's clock stands still within a posting).
+    recorded_at: datetime | None = None
 
 
 @dataclass
@@ -285,6 +410,7 @@ class DeliveryRow:
     status: str = DeliveryStatus.PENDING.value
     attempts: int = 0
     leased_until: datetime | None = None
+    lease_token: str | None = None
     last_status_code: int | None = None
     last_error: str | None = None
 
@@ -307,6 +433,12 @@ class State:
     transfers: dict[str, TransferRow] = field(default_factory=dict)
     batches: dict[str, BatchRow] = field(default_factory=dict)
     entries: list[EntryRecord] = field(default_factory=list)
+    # entries.leg, by entry id: EntryRecord does not carry it.
+    entry_legs: dict[int, int] = field(default_factory=dict)
+    # transfer_legs, by transfer id in leg order: written once, never changed.
+    legs: dict[str, tuple[Leg, ...]] = field(default_factory=dict)
+    holds: dict[str, HoldRow] = field(default_factory=dict)
+    payments: dict[str, PaymentRow] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRow] = field(default_factory=dict)
     api_keys: dict[str, ApiKeyRow] = field(default_factory=dict)
     custom_currencies: dict[str, int] = field(default_factory=dict)
@@ -324,6 +456,10 @@ class State:
             transfers={k: copy.copy(v) for k, v in self.transfers.items()},
             batches={k: copy.copy(v) for k, v in self.batches.items()},
             entries=list(self.entries),
+            entry_legs=dict(self.entry_legs),
+            legs=dict(self.legs),
+            holds={k: copy.copy(v) for k, v in self.holds.items()},
+            payments={k: copy.copy(v) for k, v in self.payments.items()},
             idempotency={k: copy.copy(v) for k, v in self.idempotency.items()},
             api_keys={k: copy.copy(v) for k, v in self.api_keys.items()},
             custom_currencies=dict(self.custom_currencies),
@@ -342,7 +478,9 @@ class State:
 
 def _check_account(s: State, row: AccountRow) -> None:
     _require(_in_range(row.balance, -NUMERIC_39_MAX, NUMERIC_39_MAX), "accounts.balance numeric")
-    _require(row.allow_overdraft or row.balance >= 0, "ck_accounts_no_overdraft")
+    for held in (row.held_out, row.held_in):
+        _require(_in_range(held, 0, NUMERIC_39_MAX), "ck_accounts_held_nonnegative")
+    _require(row.allow_overdraft or row.balance - row.held_out >= 0, "ck_accounts_no_overdraft")
     _require(not row.is_system or row.allow_overdraft, "ck_accounts_system_may_go_negative")
     if row.is_system:
         others = [
@@ -357,9 +495,28 @@ def _check_transfer(s: State, t: TransferRow) -> None:
     _require(t.kind in TRANSFER_KINDS, "ck_transfers_kind_known")
     _require(t.status in TRANSFER_STATUSES, "ck_transfers_status_known")
     _require(_in_range(t.amount, 1, INT64_MAX), "ck_transfers_amount_positive (bigint)")
-    _require(t.source_account_id != t.destination_account_id, "ck_transfers_distinct_accounts")
+    _require(
+        (t.kind in LEGGED_KINDS) == (t.source_account_id is None)
+        and (t.source_account_id is None) == (t.destination_account_id is None),
+        "ck_transfers_accounts_or_legs",
+    )
+    # A comparison with NULL is NULL, which a CHECK lets pass.
+    _require(
+        t.source_account_id is None or t.source_account_id != t.destination_account_id,
+        "ck_transfers_distinct_accounts",
+    )
     for account_id in (t.source_account_id, t.destination_account_id):
-        _require(account_id in s.accounts, "fk_transfers_*_account_id_accounts")
+        _require(account_id is None or account_id in s.accounts, "fk_transfers_*_account_id")
+    _require(_in_range(t.reversed_amount, 0, t.amount), "ck_transfers_reversed_within_amount")
+    _require(
+        (t.kind == "reversal") == (t.reverses_id is not None)
+        and (t.kind == "reversal") == (t.reversal_amount is not None)
+        and (t.reversal_amount is None or _in_range(t.reversal_amount, 1, INT64_MAX)),
+        "ck_transfers_reversal_names_original",
+    )
+    _require(
+        (t.kind in HOLD_ACTION_KINDS) == (t.hold_id is not None), "ck_transfers_action_names_hold"
+    )
     _require(t.api_key_id in s.api_keys, "fk_transfers_api_key_id_api_keys")
     _require(t.batch_id is None or t.batch_id in s.batches, "fk_transfers_batch_id")
     _require(
@@ -383,6 +540,26 @@ def _check_transfer(s: State, t: TransferRow) -> None:
     )
     _require(
         t.idempotency_key is None or t.batch_id is None, "ck_transfers_key_on_transfer_or_batch"
+    )
+
+
+def _check_hold(s: State, row: HoldRow) -> None:
+    _require(row.id in s.transfers, "fk_holds_id_transfers")
+    _require(row.status in HOLD_STATUSES, "ck_holds_status_known")
+    _require(_in_range(row.amount, 1, INT64_MAX), "ck_holds_amount_positive (bigint)")
+    _require(_in_range(row.captured_amount, 0, row.amount), "ck_holds_captured_within_amount")
+
+
+def _check_payment(s: State, row: PaymentRow) -> None:
+    _require(row.id in s.transfers, "fk_payments_id_transfers")
+    _require(_in_range(row.amount, 1, INT64_MAX), "payments.amount bigint")
+    _require(
+        row.basis_points is None or _in_range(row.basis_points, 0, limits.basis_points_per_unit),
+        "ck_payments_basis_points_range",
+    )
+    _require(
+        row.cashback_amount * limits.basis_points_per_unit <= row.amount * (row.basis_points or 0),
+        "ck_payments_cashback_rounded_down",
     )
 
 
@@ -483,6 +660,14 @@ class FakeStore:
     def balance(self, account_id: str) -> int:
         return self.state.accounts[account_id].balance
 
+    def held(self, account_id: str) -> tuple[int, int]:
+        """(held_out, held_in) of the account."""
+        row = self.state.accounts[account_id]
+        return row.held_out, row.held_in
+
+    def hold(self, hold_id: str) -> HoldRow:
+        return self.state.holds[hold_id]
+
     def set_balance(self, account_id: str, balance: int) -> None:
         self.state.accounts[account_id].balance = balance
         self._changed()
@@ -551,6 +736,7 @@ class FakeStore:
             previous_secret=record.previous_secret,
             previous_secret_expires_at=record.previous_secret_expires_at,
             failing_since=record.failing_since,
+            disabled_at=record.disabled_at,
         )
         self._changed()
 
@@ -575,6 +761,8 @@ class FakeUnitOfWork:
         self.accounts = FakeAccounts(self)
         self.transfers = FakeTransfers(self)
         self.entries = FakeEntries(self)
+        self.holds = FakeHolds(self)
+        self.payments = FakePayments(self)
         self.idempotency = FakeIdempotency(self)
         self.api_keys = FakeApiKeys(self)
         self.currencies = FakeCurrencies(self)
@@ -758,8 +946,26 @@ class _Repository:
 # ----------------------------------------------------------------------------- accounts
 
 
+def _pending(s: State, account_id: str) -> tuple[int, int]:
+    """(pending_in, pending_out) as RECORD_COLUMNS sums them: two-account movements by
+    their accounts, except a hold's settlement or release (its money is held already),
+    and the legs of the others."""
+    pending_in = pending_out = 0
+    for t in s.transfers.values():
+        if t.status != "pending":
+            continue
+        if t.kind not in HOLD_ACTION_KINDS:
+            pending_in += t.amount if t.destination_account_id == account_id else 0
+            pending_out += t.amount if t.source_account_id == account_id else 0
+        for leg in s.legs.get(t.id, ()):
+            if leg.account_id == account_id:
+                pending_in += max(leg.amount, 0)
+                pending_out += max(-leg.amount, 0)
+    return pending_in, pending_out
+
+
 def _account_record(s: State, row: AccountRow) -> AccountRecord:
-    pending = [t for t in s.transfers.values() if t.status == "pending"]
+    pending_in, pending_out = _pending(s, row.id)
     return AccountRecord(
         id=row.id,
         currency=row.currency,
@@ -768,9 +974,11 @@ def _account_record(s: State, row: AccountRow) -> AccountRecord:
         allow_overdraft=row.allow_overdraft,
         is_system=row.is_system,
         posted=row.balance,
-        pending_in=sum(t.amount for t in pending if t.destination_account_id == row.id),
-        pending_out=sum(t.amount for t in pending if t.source_account_id == row.id),
+        pending_in=pending_in,
+        pending_out=pending_out,
         created_at=row.created_at,
+        held_out=row.held_out,
+        held_in=row.held_in,
     )
 
 
@@ -849,22 +1057,38 @@ class FakeAccounts(_Repository):
                 s.accounts[i].balance,
                 s.accounts[i].allow_overdraft,
                 s.accounts[i].is_system,
+                s.accounts[i].held_out,
+                s.accounts[i].held_in,
             )
             for i in existing
             if i in s.accounts
         }
 
-    def set_balances(self, balances: Mapping[str, int]) -> None:
-        existing = [i for i in balances if i in self._statement("set_balances").accounts]
+    def set_balances(
+        self, balances: Mapping[str, int], held: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
+        held = held or {}
+        s = self._statement("set_balances")
+        existing = [i for i in dict.fromkeys([*balances, *held]) if i in s.accounts]
         for account_id in existing:
             self._uow.lock_row("accounts", account_id)
         s = self._s
         self._uow.wrote()
         for account_id in existing:
-            # An UPDATE that matches no row changes nothing.
+            # An UPDATE that matches no row changes nothing; one row gets its balance and
+            # its holds at once, so its checks see both (SET_BALANCES_AND_HELD).
             row = s.accounts[account_id]
-            row.balance = balances[account_id]
+            row.balance = balances.get(account_id, row.balance)
+            row.held_out, row.held_in = held.get(account_id, (row.held_out, row.held_in))
             _check_account(s, row)
+
+    def balance_as_of(self, account_id: str, moment: datetime) -> int:
+        s = self._statement("balance_as_of")
+        # BALANCE_AS_OF: the last entry at or before the moment, by (created_at, id).
+        before = [e for e in s.entries if e.account_id == account_id and e.created_at <= moment]
+        if not before:
+            return 0
+        return max(before, key=lambda e: (e.created_at, e.id)).balance_after
 
 
 # ----------------------------------------------------------------------------- transfers
@@ -889,6 +1113,69 @@ def _accepted(transfer: NewTransfer, created_at: datetime, batch_id: str | None)
     )
 
 
+def _entry_views(s: State, row: TransferRow) -> list[EntryView]:
+    """sql_movements.movements: the posted entries of a movement, else its planned legs,
+    else (its two accounts) the pair it would post; none for what only reserves funds."""
+    posted = sorted(
+        (e for e in s.entries if e.transfer_id == row.id), key=lambda e: s.entry_legs[e.id]
+    )
+    if posted:
+        return [
+            EntryView(e.account_id, e.amount, s.accounts[e.account_id].currency, e.balance_after)
+            for e in posted
+        ]
+    if row.source_account_id is None and row.id in s.legs:
+        return [
+            EntryView(leg.account_id, leg.amount, s.accounts[leg.account_id].currency)
+            for leg in s.legs[row.id]
+        ]
+    if row.kind in RESERVING_KINDS:
+        return []
+    assert row.source_account_id is not None and row.destination_account_id is not None
+    source, destination = s.accounts[row.source_account_id], s.accounts[row.destination_account_id]
+    return [
+        EntryView(source.id, -row.amount, source.currency),
+        EntryView(destination.id, row.amount, destination.currency),
+    ]
+
+
+def _movement_record(s: State, row: TransferRow) -> TransactionRecord:
+    return TransactionRecord(
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        rejection_reason=row.rejection_reason,
+        rejected_account_id=row.rejected_account_id,
+        entries=_entry_views(s, row),
+        amount=row.amount,
+        currency=row.currency,
+        description=row.description,
+        metadata=copy.deepcopy(row.metadata),
+        effective_at=row.effective_at,
+        created_at=row.created_at,
+        posted_at=row.posted_at,
+        batch_id=row.batch_id,
+        hold_id=row.hold_id,
+        reverses_id=row.reverses_id,
+        reversed_amount=row.reversed_amount,
+        reversed_by_ids=sorted(t.id for t in s.transfers.values() if t.reverses_id == row.id),
+    )
+
+
+def _unit_size(s: State, head: TransferRow) -> int:
+    # CLAIM_COLUMNS' unit_size: 1, the item count of the head's batch, or the members of
+    # a group that has no batch (a payment with its cashback hold, a refund with its void).
+    if head.group_id is None:
+        return 1
+    if head.batch_id is not None:
+        return s.batches[head.batch_id].item_count
+    return sum(t.group_id == head.id for t in s.transfers.values())
+
+
+def _key_order(write: PendingWrite) -> tuple[str, bool, str]:
+    return write.api_key_id, write.idempotency_key is None, write.idempotency_key or ""
+
+
 class FakeTransfers(_Repository):
     table = "transfers"
 
@@ -908,21 +1195,26 @@ class FakeTransfers(_Repository):
     def add_pending(self, writes: Sequence[PendingWrite]) -> dict[str, TransferRecord]:
         self._statement("add_pending")
         stored: dict[str, TransferRecord] = {}
-        # ORDER BY api_key_id, key: seq follows key order within one statement, and a key
-        # met twice is stored once (ON CONFLICT DO NOTHING sees the statement's own rows).
-        for write in sorted(writes, key=lambda w: (w.api_key_id, w.idempotency_key)):
+        # ORDER BY api_key_id, key (NULLS LAST): seq follows key order within one statement,
+        # so a movement comes before the keyless members stored with it; and a key met
+        # twice is stored once (ON CONFLICT DO NOTHING sees the statement's own rows).
+        for write in sorted(writes, key=_key_order):
             api_key_id, key, transfer = write.api_key_id, write.idempotency_key, write.transfer
 
-            def exists(state: State, api_key_id: str = api_key_id, key: str = key) -> bool:
+            def exists(state: State, api_key_id: str = api_key_id, key: str | None = key) -> bool:
                 return any(
                     t.api_key_id == api_key_id and t.idempotency_key == key
                     for t in state.transfers.values()
                 )
 
-            if not self._uow.insert_unique(("transfers.key", api_key_id, key), exists):
+            # The unique index is partial (WHERE idempotency_key IS NOT NULL).
+            if key is not None and not self._uow.insert_unique(
+                ("transfers.key", api_key_id, key), exists
+            ):
                 continue
             self._uow.wrote()
-            # ADD_PENDING inserts neither group_id nor batch_id: a single transfer is no group.
+            # ADD_PENDING inserts no batch_id: a single movement (and the members stored
+            # with it, as a payment's cashback hold) is of no batch.
             self._insert(
                 TransferRow(
                     id=transfer.id,
@@ -939,10 +1231,28 @@ class FakeTransfers(_Repository):
                     idempotency_key=key,
                     request_hash=write.request_hash,
                     shard=transfer.shard,
+                    group_id=transfer.group_id,
+                    hold_id=transfer.hold_id,
+                    reverses_id=transfer.reverses_id,
+                    reversal_amount=transfer.reversal_amount,
+                    effective_at=transfer.effective_at,
                 )
             )
+            self._insert_legs(transfer.id, transfer.legs)
             stored[transfer.id] = _accepted(transfer, self._now, None)
         return stored
+
+    def _insert_legs(self, transfer_id: str, legs: Sequence[Leg]) -> None:
+        # ADD_LEGS: one row per leg, numbered in the order given.
+        s = self._s
+        for index, leg in enumerate(legs):
+            _require(leg.account_id in s.accounts, "fk_transfer_legs_account_id_accounts")
+            _require(_in_range(leg.amount, INT64_MIN, INT64_MAX), "transfer_legs.amount bigint")
+            _require(leg.amount != 0, "ck_transfer_legs_amount_nonzero")
+            _require(_in_range(index, 0, SMALLINT_MAX), "transfer_legs.leg smallint")
+        if legs:
+            _require(transfer_id not in s.legs, "pk_transfer_legs")
+            s.legs[transfer_id] = tuple(legs)
 
     def add_batch(self, batch: NewBatch) -> BatchRecord | None:
         self._statement("add_batch")
@@ -1056,7 +1366,7 @@ class FakeTransfers(_Repository):
         kept: list[TransferRow] = []
         size = 0
         for row in rows:
-            unit_size = 1 if row.group_id is None else s.batches[row.batch_id or ""].item_count
+            unit_size = _unit_size(s, row)
             if kept and size + unit_size > limit:
                 break  # heads cut off here stay locked until this transaction ends
             kept.append(row)
@@ -1075,15 +1385,25 @@ class FakeTransfers(_Repository):
         for member_id in member_ids:
             member = s.transfers[member_id]
             assert member.group_id is not None
-            members.setdefault(member.group_id, []).append(member.claimed())
+            claimed = member.claimed(s.legs.get(member.id, ()))
+            members.setdefault(member.group_id, []).append(claimed)
         transfers: list[ClaimedTransfer] = []
         for row in kept:
-            transfers.append(s.transfers[row.id].claimed())
+            # CLAIM_LEGS: the legs of those with no source, in leg order.
+            transfers.append(s.transfers[row.id].claimed(s.legs.get(row.id, ())))
             transfers += members.get(row.id, []) if row.group_id is not None else []
         return Claim(transfers, now=self._now, full=full)
 
-    def finalize(self, outcomes: Sequence[Outcome], *, now: datetime, outbox: Outbox) -> list[str]:
+    def finalize(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: datetime,
+        outbox: Outbox,
+        payloads: Mapping[str, BroughtEvent] | None = None,
+    ) -> list[str]:
         s = self._statement("finalize")
+        brought = payloads or {}
         pending = [
             o
             for o in outcomes
@@ -1100,11 +1420,12 @@ class FakeTransfers(_Repository):
             row = s.transfers[outcome.transfer_id]
             if row.status != "pending":
                 continue
-            if isinstance(outcome, Posted):
+            if isinstance(outcome, POSTED_OUTCOMES):
                 row.status, row.rejection_reason, row.posted_at = "posted", None, now
+                row.rejected_account_id = None
             else:
                 row.status, row.rejection_reason = "rejected", outcome.reason.value
-                row.posted_at = None
+                row.rejected_account_id, row.posted_at = outcome.account_id, None
             # clock_timestamp() in the SQL: the fake's clock.
             row.finalized_at = self._store.now()
             row.posting_retry_at = None
@@ -1120,12 +1441,20 @@ class FakeTransfers(_Repository):
         enqueued_until = outbox.time + timedelta(seconds=outbox.requeue_after_seconds)
         delivery_ids: list[str] = []
         for row in final:
-            event_type = f"transfer.{row.status}"
-            event_id = new_id("evt")
+            event = EVENT_TYPES.get((row.kind, row.status))
+            _require(event is not None, "events.type NOT NULL (no event for the kind)")
+            assert event is not None
+            event_type = event.value
             _require(all(e.transfer_id != row.id for e in s.events.values()), "uq_events_transfer")
-            payload = event_payload(event_id, event_type, outbox.time, row.record())
+            pre = brought.get(row.id)
+            if pre is None:  # a two-account transfer: the statement builds its payload
+                event_id = new_id("evt")
+                payload = event_payload(event_id, event_type, outbox.time, row.record())
+                accounts = {a for a in (row.source_account_id, row.destination_account_id) if a}
+            else:  # any other movement brings its own, built by the worker
+                event_id, payload, accounts = pre.event_id, pre.payload, set(pre.accounts)
+            _require(event_id not in s.events, "pk_events")
             s.events[event_id] = EventRow(event_id, event_type, row.id, payload, outbox.time)
-            accounts = {row.source_account_id, row.destination_account_id}
             for endpoint in endpoints:
                 if endpoint_matches(endpoint, event_type, accounts):
                     delivery_id = new_id("wd")
@@ -1139,6 +1468,48 @@ class FakeTransfers(_Repository):
                     )
                     delivery_ids.append(delivery_id)
         return delivery_ids
+
+    def lock_originals(self, transfer_ids: Collection[str]) -> dict[str, OriginalState]:
+        s = self._statement("lock_originals")
+        existing = [i for i in sorted(set(transfer_ids)) if i in s.transfers]
+        for transfer_id in existing:
+            self._uow.lock_row("transfers", transfer_id)
+        s = self._s
+        return {
+            i: OriginalState(i, s.transfers[i].amount, s.transfers[i].reversed_amount)
+            for i in existing
+        }
+
+    def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None:
+        s = self._statement("set_reversed")
+        existing = [i for i in reversed_amounts if i in s.transfers]
+        for transfer_id in existing:
+            self._uow.lock_row("transfers", transfer_id)
+        if not existing:
+            return
+        s = self._s
+        self._uow.wrote()
+        for transfer_id in existing:
+            row = s.transfers[transfer_id]
+            row.reversed_amount = reversed_amounts[transfer_id]
+            _check_transfer(s, row)
+
+    def movements(self, transfer_ids: Sequence[str]) -> dict[str, TransactionRecord]:
+        s = self._statement("movements")
+        return {i: _movement_record(s, s.transfers[i]) for i in transfer_ids if i in s.transfers}
+
+    def get_movement(self, transfer_id: str) -> TransactionRecord | None:
+        s = self._statement("get_movement")
+        row = s.transfers.get(transfer_id)
+        return None if row is None else _movement_record(s, row)
+
+    def list_movements(self, *, after_id: str | None, limit: int) -> list[TransactionRecord]:
+        s = self._statement("list_movements")
+        # As sql_movements.list_movements: every movement, by id.
+        rows = sorted(s.transfers.values(), key=lambda t: t.id)
+        if after_id is not None:
+            rows = [t for t in rows if t.id > after_id]
+        return [_movement_record(s, t) for t in rows[:limit]]
 
     def record_posting_failure(
         self,
@@ -1233,7 +1604,8 @@ class FakeEntries(_Repository):
         if not entries:
             return
         self._uow.wrote()
-        seen = {(e.transfer_id, e.account_id) for e in s.entries}
+        seen = {(e.transfer_id, s.entry_legs[e.id]) for e in s.entries}
+        sums: dict[tuple[str, str], int] = {}
         for entry in entries:
             _require(_in_range(entry.amount, INT64_MIN, INT64_MAX), "entries.amount bigint")
             _require(entry.amount != 0, "ck_entries_amount_nonzero")
@@ -1243,11 +1615,15 @@ class FakeEntries(_Repository):
             )
             _require(entry.transfer_id in s.transfers, "fk_entries_transfer_id_transfers")
             _require(entry.account_id in s.accounts, "fk_entries_account_id_accounts")
-            pair = (entry.transfer_id, entry.account_id)
-            _require(pair not in seen, "uq_entries_transfer_id_account_id")
+            _require(_in_range(entry.leg, SMALLINT_MIN, SMALLINT_MAX), "entries.leg smallint")
+            pair = (entry.transfer_id, entry.leg)
+            _require(pair not in seen, "uq_entries_transfer_id_leg")
             seen.add(pair)
+            currency = (entry.transfer_id, s.accounts[entry.account_id].currency)
+            sums[currency] = sums.get(currency, 0) + entry.amount
             entry_id = self._store.next_entry_id
             self._store.next_entry_id += 1
+            # created_at is clock_timestamp() of the insert: the store's clock.
             s.entries.append(
                 EntryRecord(
                     entry_id,
@@ -1255,16 +1631,182 @@ class FakeEntries(_Repository):
                     entry.account_id,
                     entry.amount,
                     entry.balance_after,
-                    self._now,
+                    self._store.now(),
                 )
             )
+            s.entry_legs[entry_id] = entry.leg
+        # The statement trigger entries_refer_and_balance (migration 0004).
+        _require(not any(sums.values()), "entries_refer_and_balance: a currency does not sum to 0")
 
-    def list_page(self, account_id: str, *, after_id: int | None, limit: int) -> list[EntryRecord]:
+    def list_page(
+        self,
+        account_id: str,
+        *,
+        after_id: int | None,
+        limit: int,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> list[EntryRecord]:
         s = self._statement("list_page")
-        rows = sorted((e for e in s.entries if e.account_id == account_id), key=lambda e: e.id)
-        if after_id is not None:
-            rows = [e for e in rows if e.id > after_id]
+        # ENTRIES_PAGE: an id cursor, an open time window, ORDER BY created_at, id.
+        rows = [
+            e
+            for e in s.entries
+            if e.account_id == account_id
+            and (after_id is None or e.id > after_id)
+            and (created_after is None or e.created_at > created_after)
+            and (created_before is None or e.created_at < created_before)
+        ]
+        rows.sort(key=lambda e: (e.created_at, e.id))
         return rows[:limit]
+
+
+# ----------------------------------------------------------------------------- holds, payments
+
+
+class FakeHolds(_Repository):
+    table = "holds"
+
+    def add(self, hold: NewHold) -> None:
+        s = self._statement("add")
+        _require(hold.id not in s.holds, "pk_holds")
+        row = HoldRow(
+            hold.id,
+            hold.source_account_id,
+            hold.destination_account_id,
+            hold.amount,
+            hold.currency,
+            self._now,  # created_at: now(), the transaction's start
+            expires_at=hold.expires_at,
+            capture_at=hold.capture_at,
+        )
+        _check_hold(s, row)
+        self._uow.wrote()
+        s.holds[row.id] = row
+
+    def get(self, hold_id: str) -> HoldRecord | None:
+        row = self._statement("get").holds.get(hold_id)
+        return None if row is None else row.record()
+
+    def lock(self, hold_ids: Collection[str]) -> dict[str, HoldState]:
+        # FOR NO KEY UPDATE in ascending id order: a holder makes this wait.
+        existing = [i for i in sorted(set(hold_ids)) if i in self._statement("lock").holds]
+        for hold_id in existing:
+            self._uow.lock_row("holds", hold_id)
+        s = self._s
+        return {i: s.holds[i].state() for i in existing}
+
+    def claim_action(
+        self, hold_id: str, action_id: str, *, unexpired_at: datetime | None = None
+    ) -> bool:
+        row = self._statement("claim_action").holds.get(hold_id)
+        if row is None or not row.claimable_by_action(unexpired_at):
+            return False
+        # An UPDATE waits for the row's holder, then re-checks its WHERE on the row as
+        # that one left it: of two actions that race, the second finds the first's.
+        self._uow.lock_row("holds", hold_id)
+        row = self._s.holds[hold_id]
+        if not row.claimable_by_action(unexpired_at):
+            return False
+        self._uow.wrote()
+        row.action_id = action_id
+        return True
+
+    def apply(self, changes: Mapping[str, HoldChange]) -> None:
+        existing = [i for i in changes if i in self._statement("apply").holds]
+        for hold_id in existing:
+            self._uow.lock_row("holds", hold_id)
+        if not existing:
+            return
+        s = self._s
+        self._uow.wrote()
+        for hold_id in existing:
+            row, change = s.holds[hold_id], changes[hold_id]
+            row.status = str(change.status)  # a text column: the enum's value
+            row.captured_amount += change.captured_amount
+            if change.action_cleared:
+                row.action_id = None
+            _check_hold(s, row)
+
+    def due(self, *, now: datetime, limit: int) -> list[tuple[HoldRecord, str, str]]:
+        s = self._statement("due")
+        # JOIN transfers: the API key of the hold's own movement. ORDER BY id LIMIT ...
+        # SKIP LOCKED: holds another transaction holds are passed by.
+        candidates = [
+            h
+            for h in sorted(s.holds.values(), key=lambda h: h.id)
+            if h.due(now) is not None and h.id in s.transfers
+        ]
+        found: list[tuple[HoldRecord, str, str]] = []
+        for hold in candidates:
+            if len(found) >= limit:
+                break
+            if self._uow.lock_row("holds", hold.id, skip_locked=True):
+                what = hold.due(now)
+                assert what is not None
+                found.append((hold.record(), what, s.transfers[hold.id].api_key_id))
+        return found
+
+
+def _cashback_status(payment: PaymentRow, status: str, hold: HoldRow | None) -> str:
+    # sql_movements._cashback_status, on the joined rows.
+    if not payment.cashback_amount:
+        return "none"
+    hold_status = None if hold is None else hold.status
+    if status == "rejected" or hold_status == HoldStatus.REJECTED.value:
+        return "rejected"
+    if payment.cashback_hold_id is None:
+        return "posted" if status == "posted" else "pending"
+    return {"captured": "posted", "voided": "voided"}.get(hold_status or "", "pending")
+
+
+class FakePayments(_Repository):
+    table = "payments"
+
+    def add(self, payment: NewPayment) -> None:
+        s = self._statement("add")
+        _require(payment.id not in s.payments, "pk_payments")
+        row = PaymentRow(
+            payment.id,
+            payment.customer_account_id,
+            payment.merchant_account_id,
+            payment.amount,
+            payment.rewards_account_id,
+            payment.basis_points,
+            payment.cashback_amount,
+            payment.cashback_hold_id,
+        )
+        _check_payment(s, row)
+        self._uow.wrote()
+        s.payments[row.id] = row
+
+    def get(self, payment_id: str) -> PaymentRecord | None:
+        s = self._statement("get")
+        row = s.payments.get(payment_id)
+        transfer = s.transfers.get(payment_id)
+        if row is None or transfer is None:  # JOIN transfers
+            return None
+        assert transfer.currency is not None, "a payment has the currency of its accounts"
+        hold = None if row.cashback_hold_id is None else s.holds.get(row.cashback_hold_id)
+        return PaymentRecord(
+            id=row.id,
+            status=transfer.status,
+            rejection_reason=transfer.rejection_reason,
+            customer_account_id=row.customer_account_id,
+            merchant_account_id=row.merchant_account_id,
+            amount=row.amount,
+            currency=transfer.currency,
+            rewards_account_id=row.rewards_account_id,
+            basis_points=row.basis_points,
+            cashback_amount=row.cashback_amount,
+            cashback_hold_id=row.cashback_hold_id,
+            cashback_status=_cashback_status(row, transfer.status, hold),
+            description=transfer.description,
+            metadata=copy.deepcopy(transfer.metadata),
+            created_at=transfer.created_at,
+            posted_at=transfer.posted_at,
+            reversed_amount=transfer.reversed_amount,
+        )
 
 
 # ----------------------------------------------------------------------------- keys
@@ -1426,6 +1968,42 @@ class FakeEndpoints(_Repository):
         if row is not None and row.failing_since is None:
             self._update(endpoint_id, {"failing_since": now})
 
+    def lock(self, endpoint_id: str) -> EndpointRecord | None:
+        s = self._statement("lock")
+        if endpoint_id not in s.endpoints:
+            return None
+        self._uow.lock_row("webhook_endpoints", endpoint_id)
+        return self._s.endpoints[endpoint_id].record()
+
+    def disable(self, endpoint_id: str, *, reason: str) -> None:
+        s = self._statement("disable")
+        row = s.endpoints.get(endpoint_id)
+        if row is None:
+            return
+        already = row.status == EndpointStatus.DISABLED.value and row.disabled_at is not None
+        self._update(
+            endpoint_id,
+            {
+                "status": EndpointStatus.DISABLED.value,
+                "disabled_reason": reason,
+                # clock_timestamp(): the store's clock.
+                "disabled_at": row.disabled_at if already else self._store.now(),
+            },
+        )
+
+    def enable(self, endpoint_id: str) -> None:
+        # LOCK TABLE events IN SHARE MODE has nothing to wait for here: a unit of work
+        # that finalises postings writes its events and deliveries in one step.
+        self._statement("enable")
+        self._update(
+            endpoint_id,
+            {
+                "status": EndpointStatus.ENABLED.value,
+                "disabled_reason": None,
+                "failing_since": None,
+            },
+        )
+
 
 class FakeEvents(_Repository):
     table = "events"
@@ -1497,17 +2075,41 @@ class FakeDeliveries(_Repository):
         return row
 
     def claim(
-        self, delivery_id: str, *, now: datetime, lease_until: datetime
-    ) -> ClaimedDelivery | None:
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        lease_token: str,
+        endpoint_concurrency_max: int,
+        busy_retry_at: datetime,
+    ) -> ClaimedDelivery | EndpointBusy | None:
         s = self._statement("claim")
         row = s.deliveries.get(delivery_id)
-        if row is None:
+        if row is None or not self._due(row, now):
             return None
+        endpoint_id = row.endpoint_id
+        # The endpoint's row first, as in the SQL: it serialises the claims of one endpoint.
+        self._uow.lock_row("webhook_endpoints", endpoint_id)
+        s = self._s
+        leases = sum(
+            1
+            for d in s.deliveries.values()
+            if d.endpoint_id == endpoint_id and d.leased_until is not None and d.leased_until > now
+        )
         self._uow.lock_row("webhook_deliveries", delivery_id)
         row = self._s.deliveries[delivery_id]
         if not self._due(row, now):  # re-checked on the row as it is once locked
             return None
-        updated = self._update(delivery_id, attempts=row.attempts + 1, leased_until=lease_until)
+        if leases >= endpoint_concurrency_max:
+            self._update(delivery_id, next_attempt_at=busy_retry_at, enqueued_until=None)
+            return EndpointBusy(endpoint_id, leases)
+        updated = self._update(
+            delivery_id,
+            attempts=row.attempts + 1,
+            leased_until=lease_until,
+            lease_token=lease_token,
+        )
         assert updated is not None
         s = self._s
         # The endpoint as it is, deleted or not: the use case decides what to do with it.
@@ -1517,6 +2119,7 @@ class FakeDeliveries(_Repository):
             updated.event_id,
             s.events[updated.event_id].payload,
             s.endpoints[updated.endpoint_id].record(),
+            lease_token,
         )
 
     def mark_enqueued(self, *, now: datetime, until: datetime, limit: int) -> list[str]:
@@ -1547,11 +2150,27 @@ class FakeDeliveries(_Repository):
         error: str | None,
         duration_milliseconds: int,
         decision: AttemptDecision,
-    ) -> None:
+        lease_token: str,
+    ) -> bool:
         s = self._statement("record_attempt")
-        _require(delivery_id in s.deliveries, "fk_webhook_attempts_delivery_id")
-        self._uow.wrote()
-        s.attempts.append(
+        row = s.deliveries.get(delivery_id)
+        if row is None:
+            return False
+        self._uow.lock_row("webhook_deliveries", delivery_id)
+        row = self._s.deliveries[delivery_id]
+        if row.lease_token != lease_token:  # WHERE lease_token = %(token)s
+            return False
+        self._update(
+            delivery_id,
+            status=decision.status.value,
+            next_attempt_at=decision.next_attempt_at,
+            leased_until=None,
+            lease_token=None,
+            enqueued_until=None,
+            last_status_code=status_code,
+            last_error=error,
+        )
+        self._s.attempts.append(
             AttemptRow(
                 self._store.next_attempt_id,
                 delivery_id,
@@ -1562,15 +2181,7 @@ class FakeDeliveries(_Repository):
             )
         )
         self._store.next_attempt_id += 1
-        self._update(
-            delivery_id,
-            status=decision.status.value,
-            next_attempt_at=decision.next_attempt_at,
-            leased_until=None,
-            enqueued_until=None,
-            last_status_code=status_code,
-            last_error=error,
-        )
+        return True
 
     def abandon(self, delivery_id: str, *, error: str) -> None:
         self._statement("abandon")
@@ -1579,6 +2190,7 @@ class FakeDeliveries(_Repository):
             status=DeliveryStatus.ABANDONED.value,
             next_attempt_at=None,
             leased_until=None,
+            lease_token=None,
             enqueued_until=None,
             last_error=error,
         )
@@ -1607,6 +2219,48 @@ class FakeDeliveries(_Repository):
         )
         return True
 
+    def add_missed(self, endpoint_id: str, *, since: datetime, limit: int, now: datetime) -> int:
+        s = self._statement("add_missed")
+        endpoint_row = s.endpoints.get(endpoint_id)
+        if endpoint_row is None:
+            return 0
+        endpoint = endpoint_row.record()
+        created = 0
+        for event in sorted(s.events.values(), key=lambda e: e.id):  # ORDER BY e.id
+            if created >= limit:
+                break
+            recorded = event.recorded_at or event.created_at
+            transfer = s.transfers.get(event.transfer_id)
+            if recorded < since or transfer is None:
+                continue
+            accounts = {
+                a for a in (transfer.source_account_id, transfer.destination_account_id) if a
+            }
+            if not endpoint_matches(endpoint, event.type, accounts):
+                continue
+
+            def exists(state: State, event_id: str = event.id) -> bool:
+                return any(
+                    d.event_id == event_id and d.endpoint_id == endpoint_id
+                    for d in state.deliveries.values()
+                )
+
+            # NOT EXISTS, then ON CONFLICT DO NOTHING for one another transaction inserts.
+            if not self._uow.insert_unique(("webhook_deliveries", event.id, endpoint_id), exists):
+                continue
+            self._uow.wrote()
+            delivery_id = new_id("wd")
+            self._s.deliveries[delivery_id] = DeliveryRow(
+                delivery_id,
+                event.id,
+                endpoint_id,
+                next_attempt_at=now,
+                enqueued_until=None,
+                created_at=now,
+            )
+            created += 1
+        return created
+
 
 # ----------------------------------------------------------------------------- books
 
@@ -1627,39 +2281,25 @@ class FakeBooks(_Repository):
     ) -> Violations:
         s = self._statement("violations")
         now = self._now
-        by_transfer: dict[str, list[EntryRecord]] = {}
         by_account: dict[str, list[EntryRecord]] = {}
         for e in s.entries:
-            by_transfer.setdefault(e.transfer_id, []).append(e)
             by_account.setdefault(e.account_id, []).append(e)
-        by_currency: dict[str, int] = {}
-        for e in s.entries:
-            currency = s.accounts[e.account_id].currency
-            by_currency[currency] = by_currency.get(currency, 0) + e.amount
         accounts = sorted(s.accounts.values(), key=lambda a: a.id)
         transfers = sorted(s.transfers.values(), key=lambda t: t.id)
-
-        def count(t: TransferRow) -> int:
-            return len(by_transfer.get(t.id, []))
 
         def total(account_id: str) -> int:
             return sum(e.amount for e in by_account.get(account_id, []))
 
         overdue_before = now - timedelta(seconds=delivery_overdue_max_seconds)
+        reversals = _posted_reversals(s)
         return {
-            "transfer_entries_do_not_sum_to_zero": [
-                (transfer_id, sum(e.amount for e in rows))
-                for transfer_id, rows in sorted(by_transfer.items())
-                if sum(e.amount for e in rows) != 0
-            ],
-            "posted_transfer_without_two_entries": [
-                (t.id, count(t))
-                for t in transfers
-                if ((t.status == "posted") != (count(t) == 2))
-                or (t.status != "posted" and count(t) > 0)
-            ],
+            "transfer_entries_do_not_sum_to_zero": _unbalanced_movements(s),
+            "posted_movement_with_wrong_entry_count": _wrong_entry_counts(s, transfers),
+            "entry_differs_from_its_leg": _entries_unlike_legs(s),
             "currency_entries_do_not_sum_to_zero": [
-                (currency, amount) for currency, amount in sorted(by_currency.items()) if amount
+                (currency, amount)
+                for currency, amount in sorted(_sums_by_currency(s).items())
+                if amount
             ],
             "balance_differs_from_entries": [
                 (a.id, a.balance - total(a.id)) for a in accounts if a.balance != total(a.id)
@@ -1673,6 +2313,24 @@ class FakeBooks(_Repository):
             ],
             "negative_balance_without_overdraft": [
                 (a.id, a.balance) for a in accounts if a.balance < 0 and not a.allow_overdraft
+            ],
+            "available_negative_without_overdraft": [
+                (a.id, a.balance - a.held_out)
+                for a in accounts
+                if a.balance - a.held_out < 0 and not a.allow_overdraft
+            ],
+            "held_differs_from_active_holds": _held_unlike_holds(s, accounts),
+            "hold_differs_from_its_actions": _holds_unlike_actions(s),
+            "reversed_amount_differs_from_reversals": [
+                (t.id, t.reversed_amount - reversed)
+                for t in transfers
+                for reversed in (reversals.get(t.id, 0),)
+                if t.reversed_amount != reversed
+            ],
+            "reversals_exceed_original": [
+                (original_id, reversed - s.transfers[original_id].amount)
+                for original_id, reversed in sorted(reversals.items())
+                if original_id in s.transfers and reversed > s.transfers[original_id].amount
             ],
             "transfer_pending_too_long": [
                 (t.id, _seconds_bigint(now - t.created_at))
@@ -1691,6 +2349,93 @@ class FakeBooks(_Repository):
                 and d.next_attempt_at < overdue_before
             ],
         }
+
+
+def _sums_by_currency(s: State) -> dict[str, int]:
+    sums: dict[str, int] = {}
+    for e in s.entries:
+        currency = s.accounts[e.account_id].currency
+        sums[currency] = sums.get(currency, 0) + e.amount
+    return sums
+
+
+def _unbalanced_movements(s: State) -> list[tuple[str, int]]:
+    # Per movement and currency: a transaction may move two, each balanced on its own.
+    sums: dict[tuple[str, str], int] = {}
+    for e in s.entries:
+        key = (e.transfer_id, s.accounts[e.account_id].currency)
+        sums[key] = sums.get(key, 0) + e.amount
+    return [(transfer_id, total) for (transfer_id, _), total in sorted(sums.items()) if total]
+
+
+def _wrong_entry_counts(s: State, transfers: list[TransferRow]) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for e in s.entries:
+        counts[e.transfer_id] = counts.get(e.transfer_id, 0) + 1
+    wrong: list[tuple[str, int]] = []
+    for t in transfers:
+        if t.status != "posted" or t.kind in RESERVING_KINDS:
+            expected = 0
+        elif t.kind in LEGGED_KINDS:
+            expected = len(s.legs.get(t.id, ()))
+        else:
+            expected = 2
+        if counts.get(t.id, 0) != expected:
+            wrong.append((t.id, counts.get(t.id, 0)))
+    return wrong
+
+
+def _entries_unlike_legs(s: State) -> list[tuple[str, int]]:
+    by_leg = {(e.transfer_id, s.entry_legs[e.id]): e for e in s.entries}
+    return [
+        (f"{transfer_id} leg {index}", entry.amount - leg.amount)
+        for transfer_id, legs in sorted(s.legs.items())
+        for index, leg in enumerate(legs)
+        for entry in (by_leg.get((transfer_id, index)),)
+        if entry is not None and (entry.account_id != leg.account_id or entry.amount != leg.amount)
+    ]
+
+
+def _held_unlike_holds(s: State, accounts: list[AccountRow]) -> list[tuple[str, int]]:
+    active = [h for h in s.holds.values() if h.status == HoldStatus.ACTIVE.value]
+    wrong: list[tuple[str, int]] = []
+    for a in accounts:
+        out = sum(h.amount for h in active if h.source_account_id == a.id)
+        in_ = sum(h.amount for h in active if h.destination_account_id == a.id)
+        wrong += [(f"{a.id} held_out", a.held_out - out)] if a.held_out != out else []
+        wrong += [(f"{a.id} held_in", a.held_in - in_)] if a.held_in != in_ else []
+    return wrong
+
+
+def _holds_unlike_actions(s: State) -> list[tuple[str, int]]:
+    # A hold is settled or released by exactly one posted action; its status says which,
+    # and what was captured is what that action moved.
+    settled = (HoldStatus.CAPTURED.value, HoldStatus.VOIDED.value, HoldStatus.EXPIRED.value)
+    wrong: list[tuple[str, int]] = []
+    for h in sorted(s.holds.values(), key=lambda h: h.id):
+        own = s.transfers.get(h.id)
+        if own is None:  # JOIN transfers
+            continue
+        actions = [t for t in s.transfers.values() if t.hold_id == h.id and t.status == "posted"]
+        moved = sum(t.amount for t in actions if t.kind in ("capture", "cashback"))
+        if (
+            len(actions) != (1 if h.status in settled else 0)
+            or h.captured_amount != moved
+            or (h.status == HoldStatus.REJECTED.value) != (own.status == "rejected")
+            or (h.status == HoldStatus.PENDING.value) != (own.status in ("pending", "quarantined"))
+        ):
+            wrong.append((h.id, len(actions)))
+    return wrong
+
+
+def _posted_reversals(s: State) -> dict[str, int]:
+    reversed_by: dict[str, int] = {}
+    for t in s.transfers.values():
+        if t.kind == "reversal" and t.status == "posted" and t.reverses_id is not None:
+            reversed_by[t.reverses_id] = reversed_by.get(t.reverses_id, 0) + (
+                t.reversal_amount or 0
+            )
+    return reversed_by
 
 
 # ----------------------------------------------------------------------------- services
@@ -1806,6 +2551,12 @@ if TYPE_CHECKING:
         return repository
 
     def _entries(repository: FakeEntries) -> ports.EntryRepository:
+        return repository
+
+    def _holds(repository: FakeHolds) -> ports.HoldRepository:
+        return repository
+
+    def _payments(repository: FakePayments) -> ports.PaymentRepository:
         return repository
 
     def _idempotency(repository: FakeIdempotency) -> ports.IdempotencyRepository:

@@ -174,11 +174,16 @@ def test_a_balance_below_zero_without_overdraft_is_refused(store, alice):
     assert store.balance(lender) == -1
 
 
-def test_entries_touch_an_account_once_per_transfer(store, alice):
+def test_a_movement_posts_its_entries_once(store, alice):
     transfer_id = deposit(store, alice)
-    twice = Posted(transfer_id, (Entry(transfer_id, alice, 5, 5), Entry(transfer_id, alice, -5, 0)))
-    with store() as uow, pytest.raises(FakeIntegrityError, match="uq_entries"):
-        uow.entries.add_posted([twice])
+    system = store.system_account_id("USD")
+    entries = (Entry(transfer_id, alice, 5, 5, 1), Entry(transfer_id, system, -5, -5, 0))
+    with store() as uow:
+        uow.entries.add_posted([Posted(transfer_id, entries)])
+        uow.commit()
+    # uq_entries_transfer_id_leg: a second posting of the same legs is refused.
+    with store() as uow, pytest.raises(FakeIntegrityError, match="uq_entries_transfer_id_leg"):
+        uow.entries.add_posted([Posted(transfer_id, entries)])
 
 
 def test_a_batch_key_makes_one_batch(store, alice):

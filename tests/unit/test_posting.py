@@ -99,7 +99,7 @@ def test_insufficient_funds_rejects_and_changes_no_balance(store, alice):
     balances = store.balances()
     transfer_id = accepted_id(accept(store, movement(WITHDRAWAL, alice, None, 101)))
     outcomes = posting.post_transfers(store, [transfer_id])
-    assert outcomes == [Rejected(transfer_id, INSUFFICIENT)]
+    assert outcomes == [Rejected(transfer_id, INSUFFICIENT, alice)]
     assert store.balances() == balances
     assert len(store.state.entries) == 2  # those of the funding deposit only
     row = store.transfer(transfer_id)
@@ -127,7 +127,7 @@ def test_transfers_post_in_acceptance_order_whatever_order_they_are_named_in(sto
     outcomes = posting.post_transfers(store, [second, first])
     assert [o.transfer_id for o in outcomes] == [first, second]
     assert isinstance(outcomes[0], Posted)
-    assert outcomes[1] == Rejected(second, INSUFFICIENT)
+    assert outcomes[1] == Rejected(second, INSUFFICIENT, alice)
     assert (store.balance(alice), store.balance(bob)) == (40, 60)
 
 

@@ -167,21 +167,31 @@ def oracle(accounts: Accounts, transfers: Sequence[TransferToPost]) -> list[Outc
         failed: Rejected | None = None
         for t in unit:
             after = {leg.account_id: trial[leg.account_id] + leg.amount for leg in t.legs}
-            if any(
-                leg.amount < 0 and after[leg.account_id] < 0
-                for leg in t.legs
-                if not accounts[leg.account_id].allow_overdraft
-            ):
-                failed = Rejected(t.id, INSUFFICIENT)
-            elif any(not BALANCE_MIN <= b <= BALANCE_MAX for b in after.values()):
-                failed = Rejected(t.id, OVERFLOW)
+            # Each rejection names the first account that refuses it, in posting order.
+            in_order = [leg for _, leg in sorted(enumerate(t.legs), key=lambda i: i[1].amount < 0)]
+            short = [
+                leg.account_id
+                for leg in in_order
+                if leg.amount < 0
+                and after[leg.account_id] < 0
+                and not accounts[leg.account_id].allow_overdraft
+            ]
+            out = [
+                leg.account_id
+                for leg in in_order
+                if not BALANCE_MIN <= after[leg.account_id] <= BALANCE_MAX
+            ]
+            if short:
+                failed = Rejected(t.id, INSUFFICIENT, short[0])
+            elif out:
+                failed = Rejected(t.id, OVERFLOW, out[0])
             if failed is not None:
                 break
             trial.update(after)
-            credits_first = sorted(t.legs, key=lambda leg: leg.amount < 0)
+            credits_first = sorted(enumerate(t.legs), key=lambda item: item[1].amount < 0)
             entries = tuple(
-                Entry(t.id, leg.account_id, leg.amount, after[leg.account_id])
-                for leg in credits_first
+                Entry(t.id, leg.account_id, leg.amount, after[leg.account_id], index)
+                for index, leg in credits_first
             )
             unit_outcomes.append(Posted(t.id, entries))
         if failed is None:
@@ -325,7 +335,7 @@ def test_exact_funds_post_and_leave_zero():
         accounts_of(account("a", 100), account("b", 5)), [between("t1", "a", "b", 100)]
     )
     assert result.outcomes == [
-        Posted("t1", (Entry("t1", "b", 100, 105), Entry("t1", "a", -100, 0)))
+        Posted("t1", (Entry("t1", "b", 100, 105, 1), Entry("t1", "a", -100, 0, 0)))
     ]
     assert result.balances == {"a": 0, "b": 105}
 
@@ -334,13 +344,13 @@ def test_one_unit_more_than_the_funds_is_rejected_and_touches_nothing():
     result = post_batch(
         accounts_of(account("a", 100), account("b", 5)), [between("t1", "a", "b", 101)]
     )
-    assert result.outcomes == [Rejected("t1", INSUFFICIENT)]
+    assert result.outcomes == [Rejected("t1", INSUFFICIENT, "a")]
     assert result.balances == {}
 
 
 def test_empty_account_cannot_send_one_unit():
     result = post_batch(accounts_of(account("a", 0), account("b", 0)), [between("t1", "a", "b", 1)])
-    assert result.outcomes == [Rejected("t1", INSUFFICIENT)]
+    assert result.outcomes == [Rejected("t1", INSUFFICIENT, "a")]
 
 
 def test_overdraft_account_may_go_negative():
@@ -356,7 +366,7 @@ def test_credit_past_balance_max_is_rejected_as_overflow():
     result = post_batch(
         accounts_of(account("a", 10), account("b", BALANCE_MAX)), [between("t1", "a", "b", 1)]
     )
-    assert result.outcomes == [Rejected("t1", OVERFLOW)]
+    assert result.outcomes == [Rejected("t1", OVERFLOW, "b")]
     assert result.balances == {}
 
 
@@ -372,14 +382,14 @@ def test_debit_past_balance_min_is_rejected_as_overflow_even_with_overdraft():
         accounts_of(account("a", BALANCE_MIN, overdraft=True), account("b", 0)),
         [between("t1", "a", "b", 1)],
     )
-    assert result.outcomes == [Rejected("t1", OVERFLOW)]
+    assert result.outcomes == [Rejected("t1", OVERFLOW, "a")]
 
 
 def test_insufficient_funds_is_named_before_an_overflow_of_the_same_transfer():
     result = post_batch(
         accounts_of(account("a", 0), account("b", BALANCE_MAX)), [between("t1", "a", "b", 1)]
     )
-    assert result.outcomes == [Rejected("t1", INSUFFICIENT)]
+    assert result.outcomes == [Rejected("t1", INSUFFICIENT, "a")]
 
 
 def test_largest_amount_moves_the_whole_int64_range():
@@ -403,7 +413,7 @@ def test_rejected_transfer_does_not_stop_the_next_one():
         accounts_of(account("a", 100), account("b", 0)),
         [between("t1", "a", "b", 150), between("t2", "a", "b", 100)],
     )
-    assert result.outcomes[0] == Rejected("t1", INSUFFICIENT)
+    assert result.outcomes[0] == Rejected("t1", INSUFFICIENT, "a")
     assert isinstance(result.outcomes[1], Posted)
     assert result.balances == {"a": 0, "b": 100}
 
@@ -417,7 +427,7 @@ def test_later_transfer_spends_money_an_earlier_one_in_the_batch_brought():
     assert funded_first.balances == {"a": 0, "b": 0, "c": 100}
 
     spent_first = post_batch(accounts, [between("t2", "a", "c", 100), between("t1", "b", "a", 100)])
-    assert spent_first.outcomes[0] == Rejected("t2", INSUFFICIENT)
+    assert spent_first.outcomes[0] == Rejected("t2", INSUFFICIENT, "a")
     assert spent_first.balances == {"a": 100, "b": 0}
 
 
@@ -434,7 +444,12 @@ def test_a_multi_leg_transfer_splits_one_debit_over_several_credits():
     result = post_batch(accounts, [TransferToPost("t1", legs)])
     assert result.outcomes == [
         Posted(
-            "t1", (Entry("t1", "b", 60, 60), Entry("t1", "c", 40, 47), Entry("t1", "a", -100, 0))
+            "t1",
+            (
+                Entry("t1", "b", 60, 60, 1),
+                Entry("t1", "c", 40, 47, 2),
+                Entry("t1", "a", -100, 0, 0),
+            ),
         )
     ]
     assert result.balances == {"a": 0, "b": 60, "c": 47}
@@ -444,7 +459,7 @@ def test_one_short_leg_rejects_the_whole_multi_leg_transfer():
     accounts = accounts_of(account("a", 100), account("b", 10), account("c", 0))
     legs = (Leg("a", -50), Leg("b", -11), Leg("c", 61))
     result = post_batch(accounts, [TransferToPost("t1", legs)])
-    assert result.outcomes == [Rejected("t1", INSUFFICIENT)]
+    assert result.outcomes == [Rejected("t1", INSUFFICIENT, "b")]
     assert result.balances == {}
 
 
@@ -493,7 +508,7 @@ def test_a_group_with_one_failing_member_is_rejected_whole_and_its_neighbours_po
     )
     assert result.outcomes[1:4] == [
         Rejected("g1", LINKED),
-        Rejected("g2", INSUFFICIENT),
+        Rejected("g2", INSUFFICIENT, "b"),
         Rejected("g3", LINKED),
     ]
     assert isinstance(result.outcomes[0], Posted)
@@ -523,8 +538,8 @@ def test_a_rejected_group_funds_nothing_after_it():
     )
     assert result.outcomes == [
         Rejected("g1", LINKED),
-        Rejected("g2", INSUFFICIENT),
-        Rejected("after", INSUFFICIENT),
+        Rejected("g2", INSUFFICIENT, "c"),
+        Rejected("after", INSUFFICIENT, "a"),
     ]
     assert result.balances == {}
 
@@ -534,14 +549,14 @@ def test_an_overflow_in_a_group_rejects_it_with_that_reason():
     result = post_batch(
         accounts, [between("g1", "a", "c", 1, "g"), between("g2", "a", "b", 1, "g")]
     )
-    assert result.outcomes == [Rejected("g1", LINKED), Rejected("g2", OVERFLOW)]
+    assert result.outcomes == [Rejected("g1", LINKED), Rejected("g2", OVERFLOW, "b")]
 
 
 def test_a_group_of_one_is_rejected_for_its_own_reason():
     result = post_batch(
         accounts_of(account("a", 0), account("b", 0)), [between("g1", "a", "b", 1, "g")]
     )
-    assert result.outcomes == [Rejected("g1", INSUFFICIENT)]
+    assert result.outcomes == [Rejected("g1", INSUFFICIENT, "a")]
 
 
 def test_a_group_split_within_the_batch_raises():
