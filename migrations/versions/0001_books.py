@@ -54,7 +54,7 @@ def upgrade() -> None:
         sa.Column("metadata", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
         sa.Column("allow_overdraft", sa.Boolean, nullable=False, server_default=sa.text("false")),
         sa.Column("is_system", sa.Boolean, nullable=False, server_default=sa.text("false")),
-        sa.Column("balance", sa.Numeric(39, 0), nullable=False, server_default=sa.text("0")),
+        sa.Column("balance", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         _created_at(),
         sa.PrimaryKeyConstraint("id", name="pk_accounts"),
         sa.CheckConstraint(
@@ -135,7 +135,7 @@ def upgrade() -> None:
         sa.Column("transfer_id", sa.Text, nullable=False),
         sa.Column("account_id", sa.Text, nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
-        sa.Column("balance_after", sa.Numeric(39, 0), nullable=False),
+        sa.Column("balance_after", sa.BigInteger, nullable=False),
         _created_at(),
         sa.PrimaryKeyConstraint("id", name="pk_entries"),
         sa.ForeignKeyConstraint(
