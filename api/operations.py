@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.problems import ApiProblem
 from ledger_core.domain import limits
-from ledger_core.service_layer.access import Scope, scope_allows
+from ledger_core.domain.access import ApiKey, Scope, scope_allows
 from ledger_core.service_layer.idempotency import request_fingerprint
 from ledger_core.service_layer.movements import Keyed
 
@@ -70,13 +70,17 @@ REGISTRY: list[Operation] = []
 class Call:
     """What a view receives once the request passed the shell's checks."""
 
-    api_key_id: str | None
+    api_key: ApiKey | None
     body: Any
     idempotency_key: str | None
     request_hash: str
 
+    @property
+    def api_key_id(self) -> str | None:
+        return None if self.api_key is None else self.api_key.id
 
-def _authenticate(required: Scope) -> str:
+
+def _authenticate(required: Scope) -> ApiKey:
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -89,14 +93,13 @@ def _authenticate(required: Scope) -> str:
     if found is None:
         raise ApiProblem(
             "unauthorized",
-            "The API key is unknown or revoked.",
+            "The API key is unknown, revoked or expired.",
             headers={"WWW-Authenticate": 'Bearer realm="ledger", error="invalid_token"'},
         )
-    key_id, scope = found
-    g.api_key_id = key_id
-    if not scope_allows(scope, required):
+    g.api_key_id = found.id
+    if not scope_allows(found.scope, required):
         raise ApiProblem("forbidden", f"This operation needs the `{required}` scope.")
-    return key_id
+    return found
 
 
 def _reject_constant(name: str) -> None:
@@ -217,7 +220,7 @@ def operation(
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(**path_params: str) -> Any:
-            api_key_id = _authenticate(scope) if scope is not None else None
+            api_key = _authenticate(scope) if scope is not None else None
             _check_path_ids(path_params)
             _refuse_unknown_query(query or {})
             parsed: Any = None
@@ -233,7 +236,7 @@ def operation(
                 except ValidationError as error:
                     raise _validation_problem(error) from error
                 request_hash = request_fingerprint(method, request.path, raw)
-            call = Call(api_key_id, parsed, key, request_hash)
+            call = Call(api_key, parsed, key, request_hash)
             return view(call, **path_params)
 
         blueprint.add_url_rule(flask_rule, view.__name__, wrapper, methods=[method])
@@ -296,5 +299,5 @@ def query_time(name: str) -> datetime | None:
 
 def keyed(call: Call) -> Keyed:
     """The request's key and fingerprint, for a route whose Idempotency-Key is required."""
-    assert call.api_key_id is not None and call.idempotency_key is not None
-    return Keyed(call.api_key_id, call.idempotency_key, call.request_hash)
+    assert call.api_key is not None and call.idempotency_key is not None
+    return Keyed(call.api_key, call.idempotency_key, call.request_hash)

@@ -19,6 +19,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_query": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    # A write key names, as one to debit, an account that is not its owner's.
+    "account_not_owned": 403,
     "not_found": 404,
     "account_not_found": 404,
     "transfer_not_found": 404,

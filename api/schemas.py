@@ -76,7 +76,9 @@ class AccountCreate(_Request):
     )
     name: str | None = Field(default=None, max_length=limits.name_length_max)
     metadata: Metadata = Field(default_factory=dict)
-    allow_overdraft: bool = False
+    allow_overdraft: bool = Field(
+        default=False, description="May go below zero. Needs an admin key (403 `forbidden`)."
+    )
 
 
 class MoneyMovement(_Request):

@@ -36,7 +36,7 @@ def create_account(call: Call) -> ResponseReturnValue:
         accounts.open_account(
             services.uow_factory,
             services.cache,
-            api_key_id=call.api_key_id,
+            api_key=call.api_key,
             idempotency_key=call.idempotency_key,
             request_hash=call.request_hash,
             currency=body.currency,

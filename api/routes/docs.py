@@ -51,6 +51,10 @@ IDEMPOTENCY_KEY_SCHEMA = {
 # Problems any operation may answer because of how it is declared, whatever its view
 # does: the shell's own checks (body, headers, query, path ids) and the database.
 PROBLEMS_OF_A_BODY = (400, 413, 415, 422)  # malformed or too deep, too large, not JSON, invalid
+DEBITS_OWNED_ONLY = (
+    " A `write` key may debit only the accounts of its owner (those it or another key of"
+    " its owner opened): any other is 403 `account_not_owned`, naming it in `account_id`."
+)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -102,6 +106,8 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
     if op.scope is not None:
         doc["security"] = [{"bearer": []}]
         doc["description"] = f"Needs the `{op.scope}` scope (or a wider one)."
+        if 403 in op.responses:  # declared by a route that debits accounts
+            doc["description"] += DEBITS_OWNED_ONLY
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": PATH_ID_SCHEMA}
         for name in _path_params(op.path)

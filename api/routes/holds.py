@@ -14,7 +14,8 @@ from ledger_core.service_layer import movements, reads
 from ledger_core.service_layer.access import Scope
 
 bp = Blueprint("holds", __name__)
-ACTION = {202: schemas.Transaction, 404: None, 409: None, 422: None}
+# 403 account_not_owned: a hold neither side of which is the key owner's.
+ACTION = {202: schemas.Transaction, 403: None, 404: None, 409: None, 422: None}
 
 
 @operation(
@@ -24,7 +25,7 @@ ACTION = {202: schemas.Transaction, 404: None, 409: None, 422: None}
     summary="Reserve funds of a source account for a destination, until captured or voided",
     scope=Scope.WRITE,
     body=schemas.HoldCreate,
-    responses={202: schemas.Hold, 404: None, 422: None},
+    responses={202: schemas.Hold, 403: None, 404: None, 422: None},
     idempotency="required",
 )
 def create_hold(call: Call) -> ResponseReturnValue:

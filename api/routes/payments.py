@@ -25,7 +25,7 @@ PAYMENT_NOT_FOUND = Failure("payment_not_found", "No such payment.")
     summary="Pay a merchant, with cashback from a rewards account (now or after a delay)",
     scope=Scope.WRITE,
     body=schemas.PaymentCreate,
-    responses={202: schemas.Payment, 404: None, 422: None},
+    responses={202: schemas.Payment, 403: None, 404: None, 422: None},
     idempotency="required",
 )
 def create_payment(call: Call) -> ResponseReturnValue:

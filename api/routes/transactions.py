@@ -21,7 +21,8 @@ from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.reads import MOVEMENT_NOT_FOUND
 
 bp = Blueprint("transactions", __name__)
-REVERSE = {202: schemas.Transaction, 404: None, 409: None, 422: None}
+# 403 account_not_owned: taking back what the original credited to another owner.
+REVERSE = {202: schemas.Transaction, 403: None, 404: None, 409: None, 422: None}
 
 
 def _refuse_too_many_entries(raw: Any) -> None:
@@ -47,7 +48,7 @@ def counted(result: Any, kind: TransferKind) -> Any:
     summary=f"Post 2 to {limits.transaction_entries_max} entries at once, all or nothing",
     scope=Scope.WRITE,
     body=schemas.TransactionCreate,
-    responses={202: schemas.Transaction, 404: None, 422: None},
+    responses={202: schemas.Transaction, 403: None, 404: None, 422: None},
     idempotency="required",
     before_validation=_refuse_too_many_entries,
 )

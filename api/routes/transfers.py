@@ -23,7 +23,10 @@ from ledger_core.service_layer.access import Scope
 from ledger_core.service_layer.errors import Failure, Response
 
 bp = Blueprint("transfers", __name__)
-ACCEPTED = {202: schemas.Transfer, 404: None, 422: None}
+# A deposit debits only the system account: no key is refused one for whose account it is.
+DEPOSITED = {202: schemas.Transfer, 404: None, 422: None}
+# 403 account_not_owned: a withdrawal or transfer out of another owner's account.
+ACCEPTED = {**DEPOSITED, 403: None}
 TRANSFER_NOT_FOUND = Failure("transfer_not_found", "No such transfer.")
 
 
@@ -33,7 +36,7 @@ def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
         services.uow_factory,
         services.cache,
         services.wake,
-        api_key_id=call.api_key_id,
+        api_key=call.api_key,
         idempotency_key=call.idempotency_key,
         request_hash=call.request_hash,
         request=request,
@@ -65,7 +68,7 @@ def _movement(kind: TransferKind, body: Any) -> accept.MovementRequest:
     summary="Deposit money into an account",
     scope=Scope.WRITE,
     body=schemas.MoneyMovement,
-    responses=ACCEPTED,
+    responses=DEPOSITED,
     idempotency="required",
 )
 def create_deposit(call: Call) -> ResponseReturnValue:
@@ -117,7 +120,7 @@ def _refuse_too_many_items(raw: Any) -> None:
     summary=f"Accept up to {limits.batch_items_max} deposits, withdrawals and transfers at once",
     scope=Scope.WRITE,
     body=schemas.BatchCreate,
-    responses={202: schemas.TransferBatch, 404: None, 413: None, 422: None},
+    responses={202: schemas.TransferBatch, 403: None, 404: None, 413: None, 422: None},
     idempotency="required",
     body_size_max_bytes=limits.batch_request_body_size_max_bytes,
     before_validation=_refuse_too_many_items,
@@ -128,7 +131,7 @@ def create_batch(call: Call) -> ResponseReturnValue:
     result = accept.accept_batch(
         services.uow_factory,
         services.wake,
-        api_key_id=call.api_key_id,
+        api_key=call.api_key,
         idempotency_key=call.idempotency_key,
         request_hash=call.request_hash,
         atomic=body.atomic,

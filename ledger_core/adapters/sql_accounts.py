@@ -18,8 +18,8 @@ from ledger_core.domain.records import AccountRecord
 account_facts_cache_size_max = 100_000
 
 ADD = """
-    INSERT INTO accounts (id, currency, name, metadata, allow_overdraft)
-    VALUES (%(id)s, %(currency)s, %(name)s, %(metadata)s, %(allow_overdraft)s)
+    INSERT INTO accounts (id, currency, name, metadata, allow_overdraft, owner)
+    VALUES (%(id)s, %(currency)s, %(name)s, %(metadata)s, %(allow_overdraft)s, %(owner)s)
 """
 # Concurrent callers agree: the partial unique index lets one system account per currency in.
 ENSURE_SYSTEM = """
@@ -28,10 +28,11 @@ ENSURE_SYSTEM = """
     ON CONFLICT (currency) WHERE is_system DO NOTHING
 """
 FACTS = """
-    SELECT id, currency, allow_overdraft, is_system FROM accounts WHERE id = ANY(%(ids)b::text[])
+    SELECT id, currency, allow_overdraft, is_system, owner FROM accounts
+    WHERE id = ANY(%(ids)b::text[])
 """
 SYSTEM_FACTS = """
-    SELECT id, currency, allow_overdraft, is_system FROM accounts
+    SELECT id, currency, allow_overdraft, is_system, owner FROM accounts
     WHERE currency = %(currency)s AND is_system
 """
 # FOR NO KEY UPDATE rather than FOR UPDATE: posting changes balances, never keys, and the
@@ -90,8 +91,8 @@ NEXT_PAGE = (
 
 
 class AccountFactsCache:
-    """Currency, overdraft permission and system flag of accounts, which never change once
-    an account is open: the accept path reads them from here, not from PostgreSQL. Only
+    """Currency, overdraft permission, system flag and owner of accounts, which never change
+    once an account is open: the accept path reads them from here, not from PostgreSQL. Only
     accounts that exist are cached, so one opened a moment ago is never missed."""
 
     def __init__(self, size_max: int = account_facts_cache_size_max) -> None:
@@ -117,7 +118,7 @@ class AccountFactsCache:
 
 
 def _facts(row: Any) -> AccountFacts:
-    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system)
+    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system, row.owner)
 
 
 def _record(row: Any) -> AccountRecord:
@@ -150,6 +151,7 @@ class SqlAccountRepository:
         name: str | None,
         metadata: dict[str, str],
         allow_overdraft: bool,
+        owner: str | None,
     ) -> None:
         self._c.exec_driver_sql(
             ADD,
@@ -159,6 +161,7 @@ class SqlAccountRepository:
                 "name": name,
                 "metadata": Jsonb(metadata),
                 "allow_overdraft": allow_overdraft,
+                "owner": owner,
             },
         )
 

@@ -1,4 +1,5 @@
-"""PostgreSQL repositories of API keys, stored idempotent responses and custom currencies."""
+"""PostgreSQL repositories of API keys (their owners and expiry too), stored idempotent
+responses and custom currencies."""
 
 from __future__ import annotations
 
@@ -9,13 +10,26 @@ from psycopg.types.json import Jsonb
 
 from ledger_core.adapters.sql_connection import LazyConnection
 from ledger_core.domain import limits
+from ledger_core.domain.access import ApiKey, ApiKeyRecord, Scope
 from ledger_core.service_layer.ports import StoredResponse
 
-FIND_ACTIVE_KEY = "SELECT id, scope FROM api_keys WHERE key_hash = %(hash)s AND revoked_at IS NULL"
-ADD_KEY = (
-    "INSERT INTO api_keys (id, name, scope, key_hash)"
-    " VALUES (%(id)s, %(name)s, %(scope)s, %(hash)s)"
+# Expiry by the database's clock, as revocation: every API process agrees on it.
+FIND_ACTIVE_KEY = """
+    SELECT id, scope, owner, expires_at FROM api_keys
+    WHERE key_hash = %(hash)s AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+"""
+ADD_KEY = """
+    INSERT INTO api_keys (id, name, scope, key_hash, owner, expires_at)
+    VALUES (%(id)s, %(name)s, %(scope)s, %(hash)s, %(owner)s, %(expires_at)s)
+"""
+KEY_COLUMNS = "id, name, scope, owner, created_at, expires_at, revoked_at"
+GET_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %(id)s"
+REVOKE_KEY = (
+    "UPDATE api_keys SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL RETURNING id"
 )
+FIRST_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id LIMIT %(limit)s"
+NEXT_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
 
 GET_RESPONSE = """
     SELECT request_hash, status_code, response_body,
@@ -45,16 +59,55 @@ ADD_CUSTOM = (
 LIST_CUSTOM = "SELECT code, exponent FROM custom_currencies ORDER BY code"
 
 
+def _key_record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        row.id, row.name, row.scope, row.owner, row.created_at, row.expires_at, row.revoked_at
+    )
+
+
 class SqlApiKeyRepository:
     def __init__(self, connection: LazyConnection) -> None:
         self._c = connection
 
-    def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None:
-        self._c.exec_driver_sql(ADD_KEY, {"id": id, "name": name, "scope": scope, "hash": key_hash})
+    def add(
+        self,
+        *,
+        id: str,
+        name: str,
+        scope: str,
+        key_hash: bytes,
+        owner: str,
+        expires_at: datetime | None,
+    ) -> None:
+        self._c.exec_driver_sql(
+            ADD_KEY,
+            {
+                "id": id,
+                "name": name,
+                "scope": scope,
+                "hash": key_hash,
+                "owner": owner,
+                "expires_at": expires_at,
+            },
+        )
 
-    def find_active(self, key_hash: bytes) -> tuple[str, str] | None:
+    def find_active(self, key_hash: bytes) -> ApiKey | None:
         row = self._c.exec_driver_sql(FIND_ACTIVE_KEY, {"hash": key_hash}).first()
-        return None if row is None else (row.id, row.scope)
+        return None if row is None else ApiKey(row.id, Scope(row.scope), row.owner, row.expires_at)
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._c.exec_driver_sql(GET_KEY, {"id": key_id}).first()
+        return None if row is None else _key_record(row)
+
+    def revoke(self, key_id: str) -> bool:
+        return self._c.exec_driver_sql(REVOKE_KEY, {"id": key_id}).first() is not None
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[ApiKeyRecord]:
+        if after_id is None:
+            rows = self._c.exec_driver_sql(FIRST_KEYS, {"limit": limit})
+        else:
+            rows = self._c.exec_driver_sql(NEXT_KEYS, {"after": after_id, "limit": limit})
+        return [_key_record(row) for row in rows]
 
 
 class SqlIdempotencyRepository:

@@ -61,7 +61,12 @@ api_keys = Table(
     Column("key_hash", LargeBinary, nullable=False, unique=True),
     _created_at(),
     Column("revoked_at", DateTime(timezone=True)),
+    # Whose accounts the key may debit (migration 0008): keys of one owner share them.
+    Column("owner", Text, nullable=False),
+    # NULL: the key does not expire.
+    Column("expires_at", DateTime(timezone=True)),
     CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope_known"),
+    CheckConstraint("length(owner) BETWEEN 1 AND 255", name="owner_length"),
 )
 
 accounts = Table(
@@ -78,6 +83,9 @@ accounts = Table(
     Column("held_out", Numeric(39, 0), nullable=False, server_default=text("0")),
     Column("held_in", Numeric(39, 0), nullable=False, server_default=text("0")),
     _created_at(),
+    # The owner of the key that opened it (migration 0008); only keys of that owner (and
+    # admin keys) may debit it. NULL: a system account, or opened before owners existed.
+    Column("owner", Text),
     # Held funds cannot be spent: the overdraft rule is on what is left of them.
     CheckConstraint("allow_overdraft OR balance - held_out >= 0", name="no_overdraft"),
     CheckConstraint("held_out >= 0 AND held_in >= 0", name="held_nonnegative"),

@@ -48,6 +48,10 @@ posting_latency_samples_per_batch_max: Final = 50
 # The API remembers an API key check this long: a revoked key stops working within it.
 api_key_cache_ttl_seconds: Final = 5.0
 api_key_cache_size_max: Final = 10_000
+# An owner (whose accounts a key may debit) is printable text up to this length.
+api_key_owner_length_max: Final = 255
+# `ledger api-keys create --expires-in-days`: at most a century.
+api_key_expires_in_days_max: Final = 36_500
 
 # A ledger transaction holds 2 to this many entries.
 transaction_entries_max: Final = 50

@@ -100,6 +100,9 @@ class AccountFacts:
     allow_overdraft: bool
     # The per-currency counterparty of deposits and withdrawals; clients never name it.
     is_system: bool = False
+    # Whose money it is: the owner of the API key that opened it (`domain/access.py`).
+    # None for system accounts and for accounts opened before owners existed.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

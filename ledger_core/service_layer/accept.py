@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ledger_core.domain import limits
+from ledger_core.domain.access import ApiKey
 from ledger_core.domain.ids import BATCH_PREFIX, TRANSFER_PREFIX, new_id
 from ledger_core.domain.model import AcceptError, AccountFacts, TransferKind
 from ledger_core.domain.records import BatchRecord, TransferRecord
 from ledger_core.domain.rules import check_transfer, posting_shard
+from ledger_core.service_layer.access import not_owned
 from ledger_core.service_layer.errors import Failure, Response, StorageUnavailableError
 from ledger_core.service_layer.idempotency import KEY_REUSED, replay
 from ledger_core.service_layer.ports import (
@@ -213,12 +215,20 @@ def _store_alone(uow_factory: UnitOfWorkFactory, write: PendingWrite) -> Stored:
     return result
 
 
+def _debited(request: MovementRequest, facts: dict[str, AccountFacts]) -> list[AccountFacts]:
+    """The client account a planned movement takes money from: its source, except for a
+    deposit (whose source is the system account)."""
+    if request.kind is TransferKind.DEPOSIT or request.source_account_id is None:
+        return []
+    return [facts[request.source_account_id]]
+
+
 def accept_transfer(
     uow_factory: UnitOfWorkFactory,
     cache: IdempotencyCache,
     wake: WakePosting,
     *,
-    api_key_id: str,
+    api_key: ApiKey,
     idempotency_key: str,
     request_hash: str,
     request: MovementRequest,
@@ -227,16 +237,22 @@ def accept_transfer(
 ) -> Response | Failure:
     """Store one PENDING transfer under its Idempotency-Key, then wake its posting shard.
 
-    The accounts' facts come from a per-process cache (they never change), so a request
-    usually costs its one INSERT, in a transaction that `store` may share with others.
+    The accounts' facts (their owners too) come from a per-process cache (they never
+    change), so a request usually costs its one INSERT, in a transaction that `store` may
+    share with others. A key may debit only its owner's accounts (`domain/access.py`).
     """
+    api_key_id = api_key.id
     cached = cache.get(api_key_id, CACHE_NAMESPACE + idempotency_key)
     if cached is not None:
         return replay(cached, request_hash)
     with uow_factory() as uow:
-        planned = _plan(request, _facts(uow, [request]), shards=shards)
+        facts = _facts(uow, [request])
+    planned = _plan(request, facts, shards=shards)
     if isinstance(planned, AcceptError):
         return Failure(planned.value, ACCEPT_ERROR_DETAILS[planned])
+    refused = not_owned(api_key, _debited(request, facts))
+    if refused is not None:
+        return refused
     write = PendingWrite(planned, api_key_id, idempotency_key, request_hash)
     stored = _store_alone(uow_factory, write) if store is None else store(write)
     if isinstance(stored, KeyedRecord):
@@ -255,7 +271,7 @@ def accept_batch(
     uow_factory: UnitOfWorkFactory,
     wake: WakePosting,
     *,
-    api_key_id: str,
+    api_key: ApiKey,
     idempotency_key: str,
     request_hash: str,
     atomic: bool,
@@ -264,9 +280,10 @@ def accept_batch(
 ) -> Response | Failure:
     """Store up to `batch_items_max` PENDING transfers in one transaction, or nothing.
 
-    An item the accept rules refuse refuses the whole request, with its index. With
-    `atomic`, the transfers form one group that the posting worker posts whole or not
-    at all; the group's head is its first transfer, and its shard is the group's.
+    An item the accept rules refuse (or that debits an account the key may not) refuses
+    the whole request, with its index. With `atomic`, the transfers form one group that
+    the posting worker posts whole or not at all; the group's head is its first transfer,
+    and its shard is the group's.
     """
     if not requests:
         return Failure("validation_error", "items must hold at least one item.")
@@ -294,13 +311,16 @@ def accept_batch(
                     f"items[{index}]: {ACCEPT_ERROR_DETAILS[planned]}",
                     {"item_index": index},
                 )
+            refused = not_owned(api_key, _debited(request, facts), item_index=index)
+            if refused is not None:
+                return replace(refused, detail=f"items[{index}]: {refused.detail}")
             items.append(planned)
         if group_id is not None:
             # The head's shard claims the group; members follow it wherever they debit.
             items = [replace(item, shard=items[0].shard) for item in items]
         batch = NewBatch(
             id=new_id(BATCH_PREFIX),
-            api_key_id=api_key_id,
+            api_key_id=api_key.id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             atomic=atomic,
@@ -308,7 +328,7 @@ def accept_batch(
         )
         record: BatchRecord | None = uow.transfers.add_batch(batch)
         if record is None:
-            keyed = uow.transfers.batch_by_idempotency_key(api_key_id, idempotency_key)
+            keyed = uow.transfers.batch_by_idempotency_key(api_key.id, idempotency_key)
             assert keyed is not None, "the key that conflicted has its batch"
             return _replay_keyed(keyed, request_hash)
         uow.commit()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger_core.domain import limits
+from ledger_core.domain.access import ApiKey, Scope, scope_allows
 from ledger_core.domain.currency import Currency, iso_currency
 from ledger_core.domain.ids import ACCOUNT_PREFIX, new_id
 from ledger_core.service_layer.errors import Failure, Response
@@ -24,11 +25,16 @@ def resolve_currency(uow: UnitOfWork, code: str) -> Currency | None:
     return None if exponent is None else Currency(code, exponent, custom=True)
 
 
+OVERDRAFT_NEEDS_ADMIN = Failure(
+    "forbidden", "Opening an account with allow_overdraft needs the `admin` scope."
+)
+
+
 def open_account(
     uow_factory: UnitOfWorkFactory,
     cache: IdempotencyCache,
     *,
-    api_key_id: str,
+    api_key: ApiKey,
     idempotency_key: str | None,
     request_hash: str,
     currency: str,
@@ -36,6 +42,11 @@ def open_account(
     metadata: dict[str, str],
     allow_overdraft: bool,
 ) -> Response | Failure:
+    """Open an account owned by the key's owner. An account allowed to go below zero can
+    create money for whoever may debit it, so only an admin key opens one."""
+    if allow_overdraft and not scope_allows(api_key.scope, Scope.ADMIN):
+        return OVERDRAFT_NEEDS_ADMIN
+
     def action(uow: UnitOfWork) -> ActionResult | Failure:
         if resolve_currency(uow, currency) is None:
             return Failure("unknown_currency", f"{currency!r} is not a known currency.")
@@ -48,6 +59,7 @@ def open_account(
             name=name,
             metadata=metadata,
             allow_overdraft=allow_overdraft,
+            owner=api_key.owner,
         )
         record = uow.accounts.get(account_id)
         assert record is not None, "an account added in this transaction reads back"
@@ -56,7 +68,7 @@ def open_account(
     return run_idempotent(
         uow_factory,
         cache,
-        api_key_id=api_key_id,
+        api_key_id=api_key.id,
         key=idempotency_key,
         request_hash=request_hash,
         action=action,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger_core.domain import limits
+from ledger_core.domain.access import ApiKey, Scope
 from ledger_core.domain.ids import new_id
 from ledger_core.domain.model import AcceptError, AccountFacts, HoldStatus, Leg, TransferKind
 from ledger_core.domain.movement_records import (
@@ -31,6 +32,7 @@ from ledger_core.domain.rules import (
     reversal_legs,
 )
 from ledger_core.service_layer.accept import ACCEPT_ERROR_DETAILS, CACHE_NAMESPACE
+from ledger_core.service_layer.access import not_owned
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import KEY_REUSED, replay
 from ledger_core.service_layer.ports import (
@@ -78,11 +80,16 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Keyed:
-    """The request's Idempotency-Key and the fingerprint of its body."""
+    """The key the request acts with, its Idempotency-Key and the fingerprint of its body."""
 
-    api_key_id: str
+    api_key: ApiKey
     idempotency_key: str
     request_hash: str
+
+    @property
+    def api_key_id(self) -> str:
+        # Idempotency-Keys are scoped to the API key, not to its owner.
+        return self.api_key.id
 
 
 def _failure(error: AcceptError, **extra: Any) -> Failure:
@@ -178,6 +185,11 @@ def _first_debited(legs: Sequence[Leg]) -> str:
     return next(leg.account_id for leg in legs if leg.amount < 0)
 
 
+def _debited_accounts(legs: Sequence[Leg], facts: dict[str, AccountFacts]) -> list[AccountFacts]:
+    """Every account a negative leg takes money from, in leg order."""
+    return [facts[leg.account_id] for leg in legs if leg.amount < 0]
+
+
 # ----------------------------------------------------------------------------- transactions
 
 
@@ -203,6 +215,9 @@ def accept_transaction(
         error = check_transaction(legs, facts)
         if error is not None:
             return _failure(error)
+        refused = not_owned(keyed.api_key, _debited_accounts(legs, facts))
+        if refused is not None:
+            return refused
         transfer = NewTransfer(
             id=new_id(TRANSACTION_PREFIX),
             kind=TransferKind.TRANSACTION.value,
@@ -286,6 +301,10 @@ def accept_payment(
         if error is not None:
             return _failure(error)
         assert customer is not None and merchant is not None
+        # The customer pays; the rewards account pays the cashback (or holds it, delayed).
+        refused = not_owned(keyed.api_key, [customer] if rewards is None else [customer, rewards])
+        if refused is not None:
+            return refused
         cash = 0 if cashback is None else cashback_amount(amount, cashback.basis_points)
         delayed = cashback is not None and bool(cashback.available_after_seconds) and cash > 0
         payment_id = new_id(PAYMENT_PREFIX)
@@ -391,6 +410,9 @@ def accept_hold(
         if error is not None:
             return _failure(error)
         assert source is not None
+        refused = not_owned(keyed.api_key, [source])
+        if refused is not None:
+            return refused
         hold_id = new_id(HOLD_PREFIX)
         transfer = NewTransfer(
             id=hold_id,
@@ -451,8 +473,10 @@ def act_on_hold(
         return cached
     with uow_factory() as uow:
         hold = uow.holds.get(hold_id)
-        if hold is None:
-            return HOLD_NOT_FOUND
+        refused = HOLD_NOT_FOUND if hold is None else _may_not_act(uow, keyed.api_key, hold)
+        if refused is not None:
+            return refused
+        assert hold is not None
         moved = hold.amount if amount is None else amount
         if kind is TransferKind.CAPTURE and not 1 <= moved <= hold.amount:
             return Failure(
@@ -484,6 +508,18 @@ def act_on_hold(
     _remember(cache, keyed, response)
     _wake(wake, action.shard)
     return response
+
+
+def _may_not_act(uow: UnitOfWork, api_key: ApiKey, hold: HoldRecord) -> Failure | None:
+    """A capture pays the destination from the reserved source, a void gives the source
+    its funds back: a key that may debit either side of the hold may do either. Refused,
+    the answer names the source."""
+    if api_key.scope is Scope.ADMIN:
+        return None  # no need for the accounts' facts
+    facts = uow.accounts.facts({hold.source_account_id, hold.destination_account_id})
+    if not_owned(api_key, [facts[hold.destination_account_id]]) is None:
+        return None
+    return not_owned(api_key, [facts[hold.source_account_id]])
 
 
 def _why_not_active(hold: HoldRecord) -> str:
@@ -632,6 +668,10 @@ def reverse(
             original.reversed_amount,
         )
         facts = uow.accounts.facts({leg.account_id for leg in legs})
+        # What the original credited: taking it back debits those accounts.
+        refused = not_owned(keyed.api_key, _debited_accounts(legs, facts))
+        if refused is not None:
+            return refused
         reversal_id = new_id(REVERSAL_PREFIX)
         reversal = NewTransfer(
             id=reversal_id,

@@ -12,6 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
 
+from ledger_core.domain.access import ApiKey, ApiKeyRecord
 from ledger_core.domain.model import (
     AccountFacts,
     AccountState,
@@ -197,6 +198,7 @@ class AccountRepository(Protocol):
         name: str | None,
         metadata: dict[str, str],
         allow_overdraft: bool,
+        owner: str | None,
     ) -> None: ...
 
     def ensure_system_account(self, currency: str, id: str) -> None: ...
@@ -206,7 +208,8 @@ class AccountRepository(Protocol):
     def list_page(self, *, after_id: str | None, limit: int) -> list[AccountRecord]: ...
 
     def facts(self, account_ids: Collection[str]) -> dict[str, AccountFacts]:
-        """The accounts among these ids that exist, without locks (what never changes)."""
+        """The accounts among these ids that exist, without locks (what never changes,
+        their owner included)."""
         ...
 
     def system_facts(self, currency: str) -> AccountFacts | None: ...
@@ -376,9 +379,29 @@ class IdempotencyRepository(Protocol):
 
 
 class ApiKeyRepository(Protocol):
-    def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None: ...
+    def add(
+        self,
+        *,
+        id: str,
+        name: str,
+        scope: str,
+        key_hash: bytes,
+        owner: str,
+        expires_at: datetime | None,
+    ) -> None: ...
 
-    def find_active(self, key_hash: bytes) -> tuple[str, str] | None: ...
+    def find_active(self, key_hash: bytes) -> ApiKey | None:
+        """The key with this hash unless it is revoked or past its `expires_at` (by the
+        database's clock)."""
+        ...
+
+    def get(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    def revoke(self, key_id: str) -> bool:
+        """Set `revoked_at` of a key that is not revoked yet; False if none was."""
+        ...
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[ApiKeyRecord]: ...
 
 
 class CurrencyRepository(Protocol):

@@ -48,7 +48,7 @@ def _accept(uow_factory: Any, books: Books, account: str, key: str) -> Any:
         uow_factory,
         NullIdempotencyCache(),
         no_wake,
-        api_key_id=books.key_id,
+        api_key=books.key,
         idempotency_key=key,
         request_hash="same-request",
         request=accept.MovementRequest(TransferKind.DEPOSIT, None, account, 5),

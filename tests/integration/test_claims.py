@@ -32,7 +32,7 @@ def _batch(books: Books, items: list[accept.MovementRequest], *, atomic: bool = 
     response = accept.accept_batch(
         books.uow_factory,
         no_wake,
-        api_key_id=books.key_id,
+        api_key=books.key,
         idempotency_key=f"claims-{id(items)}-{len(items)}-{atomic}",
         request_hash="h",
         atomic=atomic,
@@ -139,7 +139,7 @@ def test_shards_post_apart_and_an_atomic_group_follows_its_head(
             uow_factory,
             NullIdempotencyCache(),
             no_wake,
-            api_key_id=books.key_id,
+            api_key=books.key,
             idempotency_key=f"shards-{index}",
             request_hash="h",
             request=accept.MovementRequest(
@@ -152,7 +152,7 @@ def test_shards_post_apart_and_an_atomic_group_follows_its_head(
     group = accept.accept_batch(
         uow_factory,
         no_wake,
-        api_key_id=books.key_id,
+        api_key=books.key,
         idempotency_key="shards-group",
         request_hash="h",
         atomic=True,

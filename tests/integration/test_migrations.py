@@ -1,4 +1,6 @@
-"""The real migrations build exactly the schema the code declares, and run down and up again."""
+"""The real migrations build exactly the schema the code declares, run down and up again, and
+upgrade ledgers that hold books: balances widened (0007), keys and accounts given owners
+(0008)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from ledger_core.adapters.database import make_engine
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.domain import limits
-from ledger_core.domain.model import TransferKind
+from ledger_core.domain.access import ApiKey, Scope, first_not_owned
+from ledger_core.domain.model import AccountFacts, TransferKind
 from tests.support.books import Books
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +57,16 @@ def test_check_detects_drift(scratch_config: Config) -> None:
         command.check(scratch_config)
 
 
+ADD_0008_COLUMNS = (
+    "ALTER TABLE api_keys ADD COLUMN owner text, ADD COLUMN expires_at timestamptz;"
+    " ALTER TABLE accounts ADD COLUMN owner text"
+)
+DROP_0008_COLUMNS = (
+    "ALTER TABLE api_keys DROP COLUMN owner, DROP COLUMN expires_at;"
+    " ALTER TABLE accounts DROP COLUMN owner"
+)
+
+
 def test_upgrading_a_ledger_with_int64_balances_keeps_them_and_widens_them(
     scratch_config: Config,
 ) -> None:
@@ -83,11 +96,18 @@ def test_upgrading_a_ledger_with_int64_balances_keeps_them_and_widens_them(
     assert column_types() == {("balance", "bigint"), ("balance_after", "bigint")}
     engine = make_engine(Settings(database_url=url))
     try:
+        # Today's code writes and reads the owners of 0008: lend it their columns while it
+        # builds the books, and take them back, so that 0007 (and 0008) run on a ledger
+        # as 0006 left it.
+        with psycopg.connect(plain, autocommit=True) as connection:
+            connection.execute(ADD_0008_COLUMNS)
         books = Books(SqlUnitOfWorkFactory(engine))
         alice, bob = books.open_account(), books.open_account()
         books.move(TransferKind.DEPOSIT, None, alice, 700)
         books.move(TransferKind.TRANSFER, alice, bob, 200)
         books.move(TransferKind.DEPOSIT, None, bob, 1000)
+        with psycopg.connect(plain, autocommit=True) as connection:
+            connection.execute(DROP_0008_COLUMNS)
         before = books_state()
         assert dict(before[0])[bob] == 1200
         engine.dispose()
@@ -110,3 +130,37 @@ def test_upgrading_a_ledger_with_int64_balances_keeps_them_and_widens_them(
         assert column_types() == {("balance", "numeric"), ("balance_after", "numeric")}
     finally:
         engine.dispose()
+
+
+def test_upgrading_to_owners_makes_each_key_its_own_owner_and_leaves_accounts_to_admins(
+    scratch_config: Config,
+) -> None:
+    """A database at 0007 with a key and an account: 0008 makes the key its own owner (the
+    column then refuses NULL) and leaves the account without one, which only admin keys
+    may debit."""
+    command.upgrade(scratch_config, "0007")
+    url = scratch_config.attributes["database_url"]
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO api_keys (id, name, scope, key_hash)"
+            " VALUES ('key_old', 'before 0008', 'write', '\\x01')"
+        )
+        connection.execute("INSERT INTO accounts (id, currency) VALUES ('acc_old', 'USD')")
+    command.upgrade(scratch_config, "head")
+    with psycopg.connect(plain, autocommit=True) as connection:
+        key = connection.execute("SELECT owner, expires_at FROM api_keys").fetchone()
+        account = connection.execute("SELECT owner FROM accounts").fetchone()
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            connection.execute(
+                "INSERT INTO api_keys (id, name, scope, key_hash)"
+                " VALUES ('key_new', 'no owner', 'write', '\\x02')"
+            )
+    assert key == ("key_old", None)
+    assert account == (None,)
+    facts = AccountFacts("acc_old", "USD", allow_overdraft=False, owner=account[0])
+    assert first_not_owned(ApiKey("key_old", Scope.WRITE, key[0]), [facts]) == "acc_old"
+    assert first_not_owned(ApiKey("key_admin", Scope.ADMIN, "key_admin"), [facts]) is None
+    command.check(scratch_config)
+    command.downgrade(scratch_config, "0007")
+    command.upgrade(scratch_config, "head")

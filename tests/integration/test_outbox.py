@@ -58,7 +58,7 @@ def test_events_and_deliveries_match_the_domain_reference(uow_factory: Any, engi
         uow_factory,
         NullIdempotencyCache(),
         lambda shard: None,
-        api_key_id=books.key_id,
+        api_key=books.key,
         idempotency_key="outbox-deposit",
         request_hash="h",
         request=accept.MovementRequest(
@@ -152,7 +152,7 @@ def test_events_of_every_other_movement_are_the_transaction_the_api_shows(
     ]
 
     def keyed() -> movements.Keyed:
-        return movements.Keyed(books.key_id, secrets.token_hex(8), "h")
+        return movements.Keyed(books.key, secrets.token_hex(8), "h")
 
     def accepted(result: Any) -> str:
         assert isinstance(result, Response), result

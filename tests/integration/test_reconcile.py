@@ -78,7 +78,7 @@ def _movements(uow_factory: Any, made: Books, alice: str, bob: str, moved: str) 
     """An active hold, a transaction and a partial reversal: the rules for them apply."""
 
     def keyed() -> movements.Keyed:
-        return movements.Keyed(made.key_id, secrets.token_hex(8), "h")
+        return movements.Keyed(made.key, secrets.token_hex(8), "h")
 
     cache, wake = NullIdempotencyCache(), lambda shard: None
     hold = movements.accept_hold(

@@ -444,7 +444,7 @@ def test_reenabling_replays_a_transaction_to_an_endpoint_watching_one_of_its_leg
         uow_factory,
         NullIdempotencyCache(),
         lambda shard: None,
-        keyed=movements.Keyed(books.key_id, secrets.token_hex(8), "h"),
+        keyed=movements.Keyed(books.key, secrets.token_hex(8), "h"),
         legs=[Leg(payer, -30), Leg(payee, 27), Leg(fees, 3)],
         description=None,
         metadata={},

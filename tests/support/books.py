@@ -17,13 +17,14 @@ class Books:
         secret = create_api_key(uow_factory, name=name, scope=Scope.ADMIN)[1]
         found = authenticate(uow_factory, secret)
         assert found is not None
-        self.key_id = found[0]
+        self.key = found
+        self.key_id = found.id
 
     def open_account(self, currency: str = "USD", *, allow_overdraft: bool = False) -> str:
         response = accounts.open_account(
             self.uow_factory,
             NullIdempotencyCache(),
-            api_key_id=self.key_id,
+            api_key=self.key,
             idempotency_key=None,
             request_hash="",
             currency=currency,
@@ -41,7 +42,7 @@ class Books:
             self.uow_factory,
             NullIdempotencyCache(),
             no_wake,
-            api_key_id=self.key_id,
+            api_key=self.key,
             idempotency_key=secrets.token_hex(8),
             request_hash="h",
             request=accept.MovementRequest(kind, source, destination, amount),

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger_core.adapters.sql_transfers import stale_scan_rows_max
 from ledger_core.domain import limits
+from ledger_core.domain.access import ApiKey, ApiKeyRecord, Scope
 from ledger_core.domain.ids import new_id
 from ledger_core.domain.model import (
     HOLD_RELEASING_KINDS,
@@ -95,6 +96,15 @@ from ledger_core.service_layer.ports import (
 )
 
 TEST_API_KEY_ID = "key_test"
+
+
+def admin_key(key_id: str) -> ApiKey:
+    """An admin key as FakeStore(api_key_ids=...) creates it: its own owner."""
+    return ApiKey(key_id, Scope.ADMIN, key_id)
+
+
+# The key of the use cases' tests unless they say otherwise.
+TEST_API_KEY = admin_key(TEST_API_KEY_ID)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SMALLINT_MIN, SMALLINT_MAX = -(2**15), 2**15 - 1
@@ -178,6 +188,7 @@ class AccountRow:
     # What active holds reserve of it, and will bring it.
     held_out: int = 0
     held_in: int = 0
+    owner: str | None = None
 
 
 @dataclass
@@ -347,8 +358,21 @@ class ApiKeyRow:
     name: str
     scope: str
     key_hash: bytes
+    owner: str
     created_at: datetime
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    def record(self) -> ApiKeyRecord:
+        return ApiKeyRecord(
+            self.id,
+            self.name,
+            self.scope,
+            self.owner,
+            self.created_at,
+            self.expires_at,
+            self.revoked_at,
+        )
 
 
 @dataclass
@@ -617,7 +641,7 @@ class FakeStore:
         self.limitations: list[str] = []
         for key_id in api_key_ids:
             self.state.api_keys[key_id] = ApiKeyRow(
-                key_id, "test key", "admin", key_id.encode(), now
+                key_id, "test key", "admin", key_id.encode(), key_id, now
             )
 
     def now(self) -> datetime:
@@ -689,9 +713,17 @@ class FakeStore:
         self._changed()
 
     def insert_account(
-        self, account_id: str, currency: str = "USD", *, balance: int = 0, overdraft: bool = False
+        self,
+        account_id: str,
+        currency: str = "USD",
+        *,
+        balance: int = 0,
+        overdraft: bool = False,
+        owner: str | None = None,
     ) -> None:
-        row = AccountRow(account_id, currency, None, {}, overdraft, False, balance, self._now)
+        row = AccountRow(
+            account_id, currency, None, {}, overdraft, False, balance, self._now, owner=owner
+        )
         self.state.accounts[account_id] = row
         _check_account(self.state, row)
         self._changed()
@@ -983,7 +1015,7 @@ def _account_record(s: State, row: AccountRow) -> AccountRecord:
 
 
 def _facts(row: AccountRow) -> AccountFacts:
-    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system)
+    return AccountFacts(row.id, row.currency, row.allow_overdraft, row.is_system, row.owner)
 
 
 class FakeAccounts(_Repository):
@@ -997,10 +1029,13 @@ class FakeAccounts(_Repository):
         name: str | None,
         metadata: dict[str, str],
         allow_overdraft: bool,
+        owner: str | None,
     ) -> None:
         s = self._statement("add")
         _require(id not in s.accounts, "pk_accounts")
-        row = AccountRow(id, currency, name, _json(metadata), allow_overdraft, False, 0, self._now)
+        row = AccountRow(
+            id, currency, name, _json(metadata), allow_overdraft, False, 0, self._now, owner=owner
+        )
         _check_account(s, row)
         self._uow.wrote()
         s.accounts[id] = row
@@ -1863,19 +1898,55 @@ class FakeIdempotency(_Repository):
 class FakeApiKeys(_Repository):
     table = "api_keys"
 
-    def add(self, *, id: str, name: str, scope: str, key_hash: bytes) -> None:
+    def add(
+        self,
+        *,
+        id: str,
+        name: str,
+        scope: str,
+        key_hash: bytes,
+        owner: str,
+        expires_at: datetime | None,
+    ) -> None:
         s = self._statement("add")
         _require(scope in ("read", "write", "admin"), "ck_api_keys_scope_known")
+        _require(1 <= len(owner) <= 255, "ck_api_keys_owner_length")
         _require(id not in s.api_keys, "pk_api_keys")
         _require(all(k.key_hash != key_hash for k in s.api_keys.values()), "uq_api_keys_key_hash")
         self._uow.wrote()
-        s.api_keys[id] = ApiKeyRow(id, name, scope, key_hash, self._now)
+        s.api_keys[id] = ApiKeyRow(
+            id, name, scope, key_hash, owner, self._now, expires_at=expires_at
+        )
 
-    def find_active(self, key_hash: bytes) -> tuple[str, str] | None:
+    def find_active(self, key_hash: bytes) -> ApiKey | None:
+        # `expires_at > now()`: the transaction's start, as PostgreSQL's now().
         for row in self._statement("find_active").api_keys.values():
             if row.key_hash == key_hash and row.revoked_at is None:
-                return row.id, row.scope
+                if row.expires_at is not None and row.expires_at <= self._now:
+                    return None
+                return ApiKey(row.id, Scope(row.scope), row.owner, row.expires_at)
         return None
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._statement("get").api_keys.get(key_id)
+        return None if row is None else row.record()
+
+    def revoke(self, key_id: str) -> bool:
+        s = self._statement("revoke")
+        row = s.api_keys.get(key_id)
+        if row is None or row.revoked_at is not None:
+            return False
+        self._uow.lock_row("api_keys", key_id)
+        row = self._s.api_keys[key_id]
+        if row.revoked_at is not None:
+            return False
+        self._uow.wrote()
+        row.revoked_at = self._now
+        return True
+
+    def list_page(self, *, after_id: str | None, limit: int) -> list[ApiKeyRecord]:
+        rows = sorted(self._statement("list_page").api_keys.values(), key=lambda k: k.id)
+        return [k.record() for k in rows if after_id is None or k.id > after_id][:limit]
 
 
 class FakeCurrencies(_Repository):

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fakes import TEST_API_KEY_ID, FakeIdempotencyCache, FakeStore
+from fakes import TEST_API_KEY, FakeIdempotencyCache, FakeStore
 from scenario import fresh_key
 
+from ledger_core.domain.access import ApiKey
 from ledger_core.domain.model import Leg, TransferKind
 from ledger_core.service_layer import movements, posting
 from ledger_core.service_layer.errors import Failure, Response
@@ -19,9 +20,10 @@ from ledger_core.service_layer.ports import IdempotencyCache, no_wake
 from ledger_core.service_layer.reconcile import reconcile
 
 
-def keyed(path: str, body: Any, key: str | None = None) -> Keyed:
-    """The request's key (fresh unless given) and the fingerprint of its body."""
-    return Keyed(TEST_API_KEY_ID, key or fresh_key(), request_fingerprint("POST", path, body))
+def keyed(path: str, body: Any, key: str | None = None, api_key: ApiKey = TEST_API_KEY) -> Keyed:
+    """The request's API key (an admin unless given), its Idempotency-Key (fresh unless
+    given) and the fingerprint of its body."""
+    return Keyed(api_key, key or fresh_key(), request_fingerprint("POST", path, body))
 
 
 def _cache(cache: IdempotencyCache | None) -> IdempotencyCache:
@@ -36,13 +38,14 @@ def transaction(
     key: str | None = None,
     cache: IdempotencyCache | None = None,
     description: str | None = None,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     body = {"entries": [list(leg) for leg in legs], "description": description}
     return movements.accept_transaction(
         store,
         _cache(cache),
         no_wake,
-        keyed=keyed("/v1/transactions", body, key),
+        keyed=keyed("/v1/transactions", body, key, api_key),
         legs=[Leg(account_id, amount) for account_id, amount in legs],
         description=description,
         metadata={},
@@ -59,13 +62,14 @@ def payment(
     *,
     key: str | None = None,
     cache: IdempotencyCache | None = None,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     body = [customer, merchant, amount, None if cashback is None else repr(cashback)]
     return movements.accept_payment(
         store,
         _cache(cache),
         no_wake,
-        keyed=keyed("/v1/payments", body, key),
+        keyed=keyed("/v1/payments", body, key, api_key),
         customer_account_id=customer,
         merchant_account_id=merchant,
         amount=amount,
@@ -84,13 +88,14 @@ def hold(
     *,
     expires_in_seconds: int | None = None,
     key: str | None = None,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     body = [source, destination, amount, expires_in_seconds]
     return movements.accept_hold(
         store,
         FakeIdempotencyCache(),
         no_wake,
-        keyed=keyed("/v1/holds", body, key),
+        keyed=keyed("/v1/holds", body, key, api_key),
         source_account_id=source,
         destination_account_id=destination,
         amount=amount,
@@ -109,13 +114,14 @@ def act(
     *,
     key: str | None = None,
     cache: IdempotencyCache | None = None,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     """Capture (all, or `amount`) or void a hold, as of the store's clock."""
     return movements.act_on_hold(
         store,
         _cache(cache),
         no_wake,
-        keyed=keyed(f"/v1/holds/{hold_id}/{kind.value}", {"amount": amount}, key),
+        keyed=keyed(f"/v1/holds/{hold_id}/{kind.value}", {"amount": amount}, key, api_key),
         hold_id=hold_id,
         kind=kind,
         amount=amount,
@@ -132,13 +138,18 @@ def void(store: FakeStore, hold_id: str) -> Response | Failure:
 
 
 def reverse(
-    store: FakeStore, original_id: str, amount: int | None = None, *, key: str | None = None
+    store: FakeStore,
+    original_id: str,
+    amount: int | None = None,
+    *,
+    key: str | None = None,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     return movements.reverse(
         store,
         FakeIdempotencyCache(),
         no_wake,
-        keyed=keyed(f"/v1/transactions/{original_id}/reverse", {"amount": amount}, key),
+        keyed=keyed(f"/v1/transactions/{original_id}/reverse", {"amount": amount}, key, api_key),
         original_id=original_id,
         amount=amount,
         reason=None,

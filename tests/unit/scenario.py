@@ -8,8 +8,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from fakes import TEST_API_KEY_ID, FakeIdempotencyCache, FakeStore
+from fakes import TEST_API_KEY, FakeIdempotencyCache, FakeStore
 
+from ledger_core.domain.access import ApiKey
 from ledger_core.domain.model import Posted, TransferKind
 from ledger_core.service_layer import accept as accept_service
 from ledger_core.service_layer import accounts, posting
@@ -35,13 +36,13 @@ def open_account(
     name: str | None = None,
     metadata: dict[str, str] | None = None,
     key: str | None = None,
-    api_key_id: str = TEST_API_KEY_ID,
+    api_key: ApiKey = TEST_API_KEY,
 ) -> Response | Failure:
     body = {"currency": currency, "allow_overdraft": overdraft, "name": name, "metadata": metadata}
     return accounts.open_account(
         store,
         cache if cache is not None else FakeIdempotencyCache(),
-        api_key_id=api_key_id,
+        api_key=api_key,
         idempotency_key=key,
         request_hash=request_fingerprint("POST", "/v1/accounts", body),
         currency=currency,
@@ -51,8 +52,14 @@ def open_account(
     )
 
 
-def new_account(store: FakeStore, currency: str = "USD", *, overdraft: bool = False) -> str:
-    result = open_account(store, currency=currency, overdraft=overdraft)
+def new_account(
+    store: FakeStore,
+    currency: str = "USD",
+    *,
+    overdraft: bool = False,
+    api_key: ApiKey = TEST_API_KEY,
+) -> str:
+    result = open_account(store, currency=currency, overdraft=overdraft, api_key=api_key)
     assert isinstance(result, Response), result
     return str(result.body["id"])
 
@@ -84,7 +91,7 @@ def accept(
     cache: IdempotencyCache | None = None,
     wake: WakePosting = no_wake,
     key: str | None = None,
-    api_key_id: str = TEST_API_KEY_ID,
+    api_key: ApiKey = TEST_API_KEY,
     request_hash: str | None = None,
     shards: int = 1,
 ) -> Response | Failure:
@@ -92,7 +99,7 @@ def accept(
         store,
         cache if cache is not None else FakeIdempotencyCache(),
         wake,
-        api_key_id=api_key_id,
+        api_key=api_key,
         idempotency_key=key or fresh_key(),
         request_hash=request_hash or fingerprint(f"/v1/{request.kind.value}s", _body(request)),
         request=request,
@@ -107,7 +114,7 @@ def accept_batch(
     atomic: bool = False,
     wake: WakePosting = no_wake,
     key: str | None = None,
-    api_key_id: str = TEST_API_KEY_ID,
+    api_key: ApiKey = TEST_API_KEY,
     request_hash: str | None = None,
     shards: int = 1,
 ) -> Response | Failure:
@@ -115,7 +122,7 @@ def accept_batch(
     return accept_service.accept_batch(
         store,
         wake,
-        api_key_id=api_key_id,
+        api_key=api_key,
         idempotency_key=key or fresh_key(),
         request_hash=request_hash or fingerprint("/v1/transfers/batch", body),
         atomic=atomic,

@@ -13,6 +13,7 @@ from fakes import (
     FakeIdempotencyCache,
     FakeStore,
     RecordingWake,
+    admin_key,
     counted,
 )
 from scenario import (
@@ -221,7 +222,9 @@ def test_idempotency_keys_are_scoped_to_the_api_key():
     store = FakeStore(api_key_ids=("key_a", "key_b"))
     alice = new_account(store)
     for api_key_id in ("key_a", "key_b"):
-        result = accept(store, movement(DEPOSIT, None, alice), key="same", api_key_id=api_key_id)
+        result = accept(
+            store, movement(DEPOSIT, None, alice), key="same", api_key=admin_key(api_key_id)
+        )
         assert result.replayed is False
     assert len(store.state.transfers) == 2
 
@@ -516,7 +519,7 @@ def test_batch_keys_are_scoped_to_the_api_key():
     alice = new_account(store)
     for api_key_id in ("key_a", "key_b"):
         result = accept_batch(
-            store, [movement(DEPOSIT, None, alice)], key="same", api_key_id=api_key_id
+            store, [movement(DEPOSIT, None, alice)], key="same", api_key=admin_key(api_key_id)
         )
         assert result.replayed is False
     assert len(store.state.batches) == 2

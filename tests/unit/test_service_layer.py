@@ -1,7 +1,8 @@
 """The account, access and read use cases, run against the in-memory unit of work, store
 only what they should, act once per idempotency key (a concurrent duplicate is told the key
-is in use), let a revoked API key in for at most the cache's TTL, page through everything
-exactly once, and reconcile books that balance as clean and broken ones as broken."""
+is in use), let a revoked API key in for at most the cache's TTL and an expired one not at
+all, give keys owners, revoke and list them, page through everything exactly once, and
+reconcile books that balance as clean and broken ones as broken."""
 
 from __future__ import annotations
 
@@ -26,16 +27,17 @@ from scenario import (
 
 from ledger_core.adapters.books_checks import CHECKS
 from ledger_core.domain import limits
-from ledger_core.service_layer import accounts, posting
+from ledger_core.domain.access import ApiKey, Scope, scope_allows
+from ledger_core.service_layer import access, accounts, posting
 from ledger_core.service_layer.access import (
     SECRET_PREFIX,
     ApiKeyCache,
-    Scope,
     add_custom_currency,
     authenticate,
     create_api_key,
     hash_secret,
-    scope_allows,
+    list_api_keys,
+    revoke_api_key,
 )
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import request_fingerprint, run_idempotent
@@ -418,7 +420,7 @@ def test_api_key_round_trip(store):
     assert key_id.startswith("key_")
     assert secret.startswith(SECRET_PREFIX)
     assert len(secret) > 40
-    assert authenticate(store, secret) == (key_id, "write")
+    assert authenticate(store, secret) == ApiKey(key_id, Scope.WRITE, key_id)
     # Only the hash is stored.
     row = store.state.api_keys[key_id]
     assert row.key_hash == hashlib.sha256(secret.encode()).digest() == hash_secret(secret)
@@ -438,7 +440,56 @@ def test_each_key_gets_its_own_secret(store):
     (id1, s1), (id2, s2) = (create_api_key(store, name=n, scope=Scope.ADMIN) for n in "ab")
     assert id1 != id2
     assert s1 != s2
-    assert authenticate(store, s2) == (id2, "admin")
+    assert authenticate(store, s2) == ApiKey(id2, Scope.ADMIN, id2)
+
+
+def test_a_key_is_its_own_owner_unless_given_one_and_keys_may_share_one(store):
+    own_id, own = create_api_key(store, name="a", scope=Scope.WRITE)
+    _, first = create_api_key(store, name="b", scope=Scope.WRITE, owner="billing")
+    _, rotated = create_api_key(store, name="c", scope=Scope.WRITE, owner="billing")
+    assert [authenticate(store, s).owner for s in (own, first, rotated)] == [
+        own_id,
+        "billing",
+        "billing",
+    ]
+
+
+@pytest.mark.parametrize("owner", ["", "x" * (limits.api_key_owner_length_max + 1), "a\tb"])
+def test_a_key_with_a_malformed_owner_is_not_created(store, owner):
+    with pytest.raises(ValueError):
+        create_api_key(store, name="bad", scope=Scope.WRITE, owner=owner)
+    assert len(store.state.api_keys) == 1  # the store's own test key
+
+
+def test_an_expired_key_does_not_authenticate(store):
+    expires_at = store.now() + timedelta(seconds=60)
+    key_id, secret = create_api_key(store, name="ci", scope=Scope.WRITE, expires_at=expires_at)
+    assert authenticate(store, secret) == ApiKey(key_id, Scope.WRITE, key_id, expires_at)
+    store.advance(59.999)
+    assert authenticate(store, secret) is not None
+    store.advance(0.001)
+    assert authenticate(store, secret) is None, "a key was let in at its expiry"
+
+
+def test_revoking_a_key_refuses_it_and_a_second_revocation_or_an_unknown_key_fails(store):
+    key_id, secret = create_api_key(store, name="ci", scope=Scope.WRITE)
+    assert revoke_api_key(store, key_id) is None
+    assert authenticate(store, secret) is None
+    assert store.state.api_keys[key_id].revoked_at == store.now()
+    again = revoke_api_key(store, key_id)
+    assert isinstance(again, Failure) and again.code == "api_key_revoked"
+    unknown = revoke_api_key(store, "key_nope")
+    assert isinstance(unknown, Failure) and unknown.code == "api_key_not_found"
+
+
+def test_listing_keys_pages_through_every_key_oldest_first_without_secrets(store, monkeypatch):
+    monkeypatch.setattr(access, "api_key_page_size", 2)
+    # With the store's own key, five: pages of 2, 2 and 1.
+    made = [create_api_key(store, name=f"k{n}", scope=Scope.READ) for n in range(4)]
+    listed = list(list_api_keys(store))
+    assert [k.id for k in listed] == sorted([TEST_API_KEY_ID, *(i for i, _ in made)])
+    assert all(secret not in repr(listed) for _, secret in made)
+    assert counted(store, "api_keys.list_page") == 3
 
 
 @pytest.mark.parametrize("granted", list(Scope))
@@ -492,14 +543,36 @@ def test_a_revoked_key_works_until_the_ttl_has_passed_and_not_after(store):
     key_id, secret = create_api_key(store, name="ci", scope=Scope.WRITE)
     clock = Clock()
     keys = ApiKeyCache(store, ttl_seconds=5.0, monotonic=clock)
-    assert keys.authenticate(secret) == (key_id, "write")
+    key = ApiKey(key_id, Scope.WRITE, key_id)
+    assert keys.authenticate(secret) == key
     store.revoke_api_key(key_id)
     clock.now += 4.999
-    assert keys.authenticate(secret) == (key_id, "write"), "revocation took effect early"
+    assert keys.authenticate(secret) == key, "revocation took effect early"
     clock.now += 0.001
     assert keys.authenticate(secret) is None, "a revoked key outlived the TTL"
     clock.now += 100
     assert keys.authenticate(secret) is None
+
+
+def test_a_key_is_not_remembered_past_its_expiry(store):
+    clock = Clock()
+    started, started_monotonic = store.now(), clock.now
+    expires_at = started + timedelta(seconds=2)
+    _, secret = create_api_key(store, name="ci", scope=Scope.WRITE, expires_at=expires_at)
+    keys = ApiKeyCache(
+        store,
+        ttl_seconds=5.0,
+        monotonic=clock,
+        clock=lambda: started + timedelta(seconds=clock.now - started_monotonic),
+    )
+    assert keys.authenticate(secret) is not None
+    clock.now += 1.999
+    assert keys.authenticate(secret) is not None
+    assert counted(store, "api_keys.find_active") == 1
+    clock.now += 0.001
+    store.advance(2)
+    assert keys.authenticate(secret) is None, "an expired key outlived its expiry in the cache"
+    assert counted(store, "api_keys.find_active") == 2
 
 
 def test_within_the_ttl_a_key_costs_one_database_read(store):
@@ -507,7 +580,7 @@ def test_within_the_ttl_a_key_costs_one_database_read(store):
     clock = Clock()
     keys = ApiKeyCache(store, ttl_seconds=5.0, monotonic=clock)
     for _ in range(10):
-        assert keys.authenticate(secret) == (key_id, "read")
+        assert keys.authenticate(secret) == ApiKey(key_id, Scope.READ, key_id)
         clock.now += 0.4
     assert counted(store, "api_keys.find_active") == 1
     clock.now += 1.5  # 5.5 s after the first check
