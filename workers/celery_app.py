@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
+from kombu.transport import redis as kombu_redis
 from prometheus_client import multiprocess, start_http_server
 
 from ledger_core.adapters.logs import configure_logging
@@ -18,6 +19,33 @@ POST_PENDING_TASK = "ledger.post_pending"
 DELIVER_WEBHOOK_TASK = "ledger.deliver_webhook"
 # Carries the API request's id to the task, so one id follows a transfer through the logs.
 REQUEST_ID_HEADER = "ledger_request_id"
+
+
+def _close_redis_channels_whatever_the_poll() -> None:
+    """Let a worker survive its broker going away while it waits in BRPOP.
+
+    kombu 5.7's Redis channel starts its close by reading the pending BRPOP reply; with
+    the connection gone that read raises, and the channel stays open. Celery 5.7 then
+    drops the transport (`collect`) and closes the connection again: the retried close
+    restores the unacknowledged messages through the transport that is gone, raises
+    AttributeError, and the worker exits ("Unrecoverable error") instead of reconnecting
+    (tests/e2e/test_faults.py). Finish the close at once, while the transport is there;
+    if Redis is down, the messages stay in its unacked set until their visibility timeout.
+    """
+    close = kombu_redis.Channel.close
+
+    def close_despite_lost_poll(channel: Any) -> None:
+        try:
+            close(channel)
+        except channel.connection_errors:
+            if channel.closed:
+                raise
+            close(channel)  # the failed read ended the poll: this one closes the channel
+
+    kombu_redis.Channel.close = close_despite_lost_poll
+
+
+_close_redis_channels_whatever_the_poll()
 
 
 def make_celery(broker_url: str | None = None) -> Celery:
