@@ -9,9 +9,10 @@ from ledger_core.domain import limits
 from ledger_core.domain.access import ApiKey, Scope, scope_allows
 from ledger_core.domain.currency import Currency, iso_currency
 from ledger_core.domain.ids import ACCOUNT_PREFIX, new_id
+from ledger_core.domain.records import EntryRecord
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import ActionResult, run_idempotent
-from ledger_core.service_layer.pagination import Page, cursor_key, page_of, position
+from ledger_core.service_layer.pagination import Page, position, read_page
 from ledger_core.service_layer.ports import IdempotencyCache, UnitOfWork, UnitOfWorkFactory
 
 ACCOUNT_NOT_FOUND = Failure("account_not_found", "No such account.")
@@ -84,12 +85,12 @@ def get_account(uow_factory: UnitOfWorkFactory, account_id: str) -> dict[str, An
 def list_accounts(
     uow_factory: UnitOfWorkFactory, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    after_id = cursor_key(cursor)
-    if isinstance(after_id, Failure):
-        return after_id
-    with uow_factory() as uow:
-        records = uow.accounts.list_page(after_id=after_id, limit=limit + 1)
-    return page_of(records, limit)
+    return read_page(
+        uow_factory,
+        cursor,
+        limit,
+        lambda uow, after, n: uow.accounts.list_page(after_id=after, limit=n),
+    )
 
 
 def list_entries(
@@ -103,20 +104,19 @@ def list_entries(
 ) -> Page | Failure:
     """Entries of one account in posting order, oldest first (ascending entry id), those
     created in (created_after, created_before) if given."""
-    after_id = cursor_key(cursor, position)
-    if isinstance(after_id, Failure):
-        return after_id
-    with uow_factory() as uow:
+
+    def fetch(uow: UnitOfWork, after: int | None, n: int) -> list[EntryRecord] | Failure:
         if not uow.accounts.facts([account_id]):
             return ACCOUNT_NOT_FOUND
-        records = uow.entries.list_page(
+        return uow.entries.list_page(
             account_id,
-            after_id=after_id,
-            limit=limit + 1,
+            after_id=after,
+            limit=n,
             created_after=created_after,
             created_before=created_before,
         )
-    return page_of(records, limit)
+
+    return read_page(uow_factory, cursor, limit, fetch, position)
 
 
 def prune_idempotency_keys(uow_factory: UnitOfWorkFactory) -> int:

@@ -21,6 +21,7 @@ from ledger_core.domain.model import AcceptError, AccountFacts, HoldStatus, Leg,
 from ledger_core.domain.movement_records import (
     EntryView,
     HoldRecord,
+    PaymentRecord,
     TransactionRecord,
 )
 from ledger_core.domain.rules import (
@@ -45,7 +46,7 @@ from ledger_core.service_layer.ports import (
     UnitOfWorkFactory,
     WakePosting,
 )
-from ledger_core.service_layer.reads import MOVEMENT_NOT_FOUND
+from ledger_core.service_layer.reads import HOLD_NOT_FOUND, MOVEMENT_NOT_FOUND
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -71,7 +72,6 @@ ERROR_DETAILS = {
         f"A transaction has 2 to {limits.transaction_entries_max} entries."
     ),
 }
-HOLD_NOT_FOUND = Failure("hold_not_found", "No such hold.")
 
 
 def utc_now() -> datetime:
@@ -176,6 +176,41 @@ def _views(legs: Sequence[Leg], facts: dict[str, AccountFacts]) -> list[EntryVie
     return [EntryView(leg.account_id, leg.amount, facts[leg.account_id].currency) for leg in legs]
 
 
+def _as_accepted(
+    movement: NewTransfer, facts: dict[str, AccountFacts], created_at: datetime
+) -> TransactionRecord:
+    """A legged movement as it was just accepted, from what was stored: no read back."""
+    return TransactionRecord(
+        id=movement.id,
+        kind=movement.kind,
+        status="pending",
+        rejection_reason=None,
+        entries=_views(movement.legs, facts),
+        amount=movement.amount,
+        currency=movement.currency,
+        description=movement.description,
+        metadata=movement.metadata,
+        effective_at=movement.effective_at,
+        created_at=created_at,
+        posted_at=None,
+        reverses_id=movement.reverses_id,
+    )
+
+
+def _accepted(
+    cache: IdempotencyCache,
+    keyed: Keyed,
+    wake: WakePosting,
+    movement: TransactionRecord | HoldRecord | PaymentRecord,
+    shard: int,
+) -> Response:
+    """202 with the movement as accepted, remembered under the key, posting woken."""
+    response = Response(202, movement.to_json())
+    _remember(cache, keyed, response)
+    _wake(wake, shard)
+    return response
+
+
 def _currency(legs: Sequence[Leg], facts: dict[str, AccountFacts]) -> str | None:
     currencies = {facts[leg.account_id].currency for leg in legs}
     return currencies.pop() if len(currencies) == 1 else None
@@ -235,24 +270,7 @@ def accept_transaction(
         if not isinstance(stored, datetime):
             return stored
         uow.commit()
-    record = TransactionRecord(
-        id=transfer.id,
-        kind=transfer.kind,
-        status="pending",
-        rejection_reason=None,
-        entries=_views(legs, facts),
-        amount=transfer.amount,
-        currency=transfer.currency,
-        description=description,
-        metadata=metadata,
-        effective_at=effective_at,
-        created_at=stored,
-        posted_at=None,
-    )
-    response = Response(202, record.to_json())
-    _remember(cache, keyed, response)
-    _wake(wake, transfer.shard)
-    return response
+    return _accepted(cache, keyed, wake, _as_accepted(transfer, facts, stored), transfer.shard)
 
 
 # ----------------------------------------------------------------------------- payments
@@ -374,10 +392,7 @@ def accept_payment(
         record = uow.payments.get(payment_id)
         assert record is not None, "a payment stored in this transaction reads back"
         uow.commit()
-    response = Response(202, record.to_json())
-    _remember(cache, keyed, response)
-    _wake(wake, shard)
-    return response
+    return _accepted(cache, keyed, wake, record, shard)
 
 
 # ----------------------------------------------------------------------------- holds
@@ -444,10 +459,7 @@ def accept_hold(
         record = uow.holds.get(hold_id)
         assert record is not None, "a hold stored in this transaction reads back"
         uow.commit()
-    response = Response(202, record.to_json())
-    _remember(cache, keyed, response)
-    _wake(wake, transfer.shard)
-    return response
+    return _accepted(cache, keyed, wake, record, transfer.shard)
 
 
 def act_on_hold(
@@ -504,10 +516,7 @@ def act_on_hold(
         movement = uow.transfers.get_movement(action.id)
         assert movement is not None, "an action stored in this transaction reads back"
         uow.commit()
-    response = Response(202, movement.to_json())
-    _remember(cache, keyed, response)
-    _wake(wake, action.shard)
-    return response
+    return _accepted(cache, keyed, wake, movement, action.shard)
 
 
 def _may_not_act(uow: UnitOfWork, api_key: ApiKey, hold: HoldRecord) -> Failure | None:
@@ -695,22 +704,4 @@ def reverse(
         if not isinstance(stored, datetime):
             return stored
         uow.commit()
-    record = TransactionRecord(
-        id=reversal.id,
-        kind=reversal.kind,
-        status="pending",
-        rejection_reason=None,
-        entries=_views(legs, facts),
-        amount=reversal.amount,
-        currency=reversal.currency,
-        description=reason,
-        metadata={},
-        effective_at=None,
-        created_at=stored,
-        posted_at=None,
-        reverses_id=original_id,
-    )
-    response = Response(202, record.to_json())
-    _remember(cache, keyed, response)
-    _wake(wake, reversal.shard)
-    return response
+    return _accepted(cache, keyed, wake, _as_accepted(reversal, facts, stored), reversal.shard)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger_core.service_layer.errors import Failure
+from ledger_core.service_layer.ports import UnitOfWork, UnitOfWorkFactory
 
 # Ours are under 64 characters of unpadded base64url; anything longer or with other
 # characters was not made here and is not decoded (the decoder would skip strays).
@@ -84,3 +85,25 @@ def cursor_key(cursor: str | None, parse: Callable[[str], Any] = identifier) -> 
         return parse(decode_cursor(cursor))
     except (InvalidCursorError, ValueError):
         return Failure("invalid_cursor", "The cursor is not one this API returned.")
+
+
+# What a page reads: the unit of work, the key to start after (None: the first page) and
+# how many rows at most; the rows, or a Failure (its parent is missing, say).
+FetchPage = Callable[[UnitOfWork, Any, int], "list[Any] | Failure"]
+
+
+def read_page(
+    uow_factory: UnitOfWorkFactory,
+    cursor: str | None,
+    limit: int,
+    fetch: FetchPage,
+    parse: Callable[[str], Any] = identifier,
+) -> Page | Failure:
+    """One page of a keyset listing: the cursor checked before any query, one row more
+    than `limit` fetched to tell whether another page follows."""
+    after = cursor_key(cursor, parse)
+    if isinstance(after, Failure):
+        return after
+    with uow_factory() as uow:
+        records = fetch(uow, after, limit + 1)
+    return records if isinstance(records, Failure) else page_of(records, limit)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ledger_core.service_layer.accounts import ACCOUNT_NOT_FOUND
 from ledger_core.service_layer.errors import Failure
-from ledger_core.service_layer.pagination import Page, cursor_key, page_of
+from ledger_core.service_layer.pagination import Page, read_page
 from ledger_core.service_layer.ports import UnitOfWorkFactory
 
 MOVEMENT_NOT_FOUND = Failure("transaction_not_found", "No such transaction.")
+HOLD_NOT_FOUND = Failure("hold_not_found", "No such hold.")
+PAYMENT_NOT_FOUND = Failure("payment_not_found", "No such payment.")
 
 
 def get_transaction(uow_factory: UnitOfWorkFactory, movement_id: str) -> dict[str, Any] | Failure:
@@ -23,26 +26,24 @@ def list_transactions(
     uow_factory: UnitOfWorkFactory, *, cursor: str | None, limit: int
 ) -> Page | Failure:
     """Every movement, deposits and transfers too, oldest first."""
-    after_id = cursor_key(cursor)
-    if isinstance(after_id, Failure):
-        return after_id
-    with uow_factory() as uow:
-        records = uow.transfers.list_movements(after_id=after_id, limit=limit + 1)
-    return page_of(records, limit)
+    return read_page(
+        uow_factory,
+        cursor,
+        limit,
+        lambda uow, after, n: uow.transfers.list_movements(after_id=after, limit=n),
+    )
 
 
 def get_hold(uow_factory: UnitOfWorkFactory, hold_id: str) -> dict[str, Any] | Failure:
     with uow_factory() as uow:
         record = uow.holds.get(hold_id)
-    return Failure("hold_not_found", "No such hold.") if record is None else record.to_json()
+    return HOLD_NOT_FOUND if record is None else record.to_json()
 
 
 def get_payment(uow_factory: UnitOfWorkFactory, payment_id: str) -> dict[str, Any] | Failure:
     with uow_factory() as uow:
         record = uow.payments.get(payment_id)
-    if record is None:
-        return Failure("payment_not_found", "No such payment.")
-    return record.to_json()
+    return PAYMENT_NOT_FOUND if record is None else record.to_json()
 
 
 def account_as_of(
@@ -53,7 +54,7 @@ def account_as_of(
     with uow_factory() as uow:
         record = uow.accounts.get(account_id)
         if record is None:
-            return Failure("account_not_found", "No such account.")
+            return ACCOUNT_NOT_FOUND
         posted = uow.accounts.balance_as_of(account_id, moment)
     body = record.to_json()
     body["balance"] = {"posted": posted, "pending": None, "available": None}

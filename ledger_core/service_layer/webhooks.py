@@ -20,7 +20,7 @@ from typing import Any
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ledger_core.domain.ids import new_id
-from ledger_core.domain.records import EndpointRecord, iso_utc
+from ledger_core.domain.records import DeliveryRecord, EndpointRecord, iso_utc
 from ledger_core.domain.webhooks import (
     DeliveryStatus,
     EndpointStatus,
@@ -31,7 +31,7 @@ from ledger_core.domain.webhooks import (
     signing_secrets,
 )
 from ledger_core.service_layer.errors import Failure
-from ledger_core.service_layer.pagination import Page, cursor_key, page_of
+from ledger_core.service_layer.pagination import Page, read_page
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
     AttemptResult,
@@ -139,12 +139,12 @@ def get_endpoint(uow_factory: UnitOfWorkFactory, endpoint_id: str) -> dict[str, 
 def list_endpoints(
     uow_factory: UnitOfWorkFactory, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    after_id = cursor_key(cursor)
-    if isinstance(after_id, Failure):
-        return after_id
-    with uow_factory() as uow:
-        records = uow.endpoints.list_page(after_id=after_id, limit=limit + 1)
-    return page_of(records, limit)
+    return read_page(
+        uow_factory,
+        cursor,
+        limit,
+        lambda uow, after, n: uow.endpoints.list_page(after_id=after, limit=n),
+    )
 
 
 def update_endpoint(
@@ -316,14 +316,13 @@ def get_event(uow_factory: UnitOfWorkFactory, event_id: str) -> dict[str, Any] |
 def list_deliveries(
     uow_factory: UnitOfWorkFactory, endpoint_id: str, *, cursor: str | None, limit: int
 ) -> Page | Failure:
-    after_id = cursor_key(cursor)
-    if isinstance(after_id, Failure):
-        return after_id
-    with uow_factory() as uow:
+
+    def fetch(uow: UnitOfWork, after: str | None, n: int) -> list[DeliveryRecord] | Failure:
         if uow.endpoints.get(endpoint_id) is None:
             return _not_found("webhook_endpoint")
-        records = uow.deliveries.list_page(endpoint_id, after_id=after_id, limit=limit + 1)
-    return page_of(records, limit)
+        return uow.deliveries.list_page(endpoint_id, after_id=after, limit=n)
+
+    return read_page(uow_factory, cursor, limit, fetch)
 
 
 def get_delivery(uow_factory: UnitOfWorkFactory, delivery_id: str) -> dict[str, Any] | Failure:
