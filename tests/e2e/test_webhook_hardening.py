@@ -46,22 +46,6 @@ healthy_latency_max_seconds = 2.5
 blackholed_deliveries = 8
 
 
-@pytest.fixture
-def endpoints(client: httpx.Client) -> Iterator[Any]:
-    """Creates endpoints and deletes them after the test, so later tests get no traffic."""
-    created: list[str] = []
-
-    def create(url: str, **fields: Any) -> dict[str, Any]:
-        response = client.post("/v1/webhook-endpoints", json={"url": url, **fields})
-        assert response.status_code == 201, response.text
-        created.append(response.json()["id"])
-        return response.json()
-
-    yield create
-    for endpoint_id in created:
-        client.delete(f"/v1/webhook-endpoints/{endpoint_id}")
-
-
 def wait_requests(receiver: Receiver, path: str, count: int) -> list[Any]:
     deadline = time.monotonic() + wait_timeout_seconds
     while time.monotonic() < deadline:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,22 +23,6 @@ from tests.support.receiver import Receiver, start_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("books", "webhook_worker")]
 delivery_wait_timeout_seconds = 60
-
-
-@pytest.fixture
-def endpoints(client: httpx.Client) -> Iterator[Any]:
-    """Creates endpoints and deletes them after the test, so later tests get no traffic."""
-    created: list[str] = []
-
-    def create(url: str, **fields: Any) -> dict[str, Any]:
-        response = client.post("/v1/webhook-endpoints", json={"url": url, **fields})
-        assert response.status_code == 201, response.text
-        created.append(response.json()["id"])
-        return response.json()
-
-    yield create
-    for endpoint_id in created:
-        client.delete(f"/v1/webhook-endpoints/{endpoint_id}")
 
 
 def verified(secret: str, request: Any) -> dict[str, Any]:

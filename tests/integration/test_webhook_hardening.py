@@ -15,8 +15,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -41,33 +40,20 @@ from ledger_core.service_layer.ports import (
     NullIdempotencyCache,
 )
 from tests.support.books import Books
+from tests.support.outbox import (
+    BUSY_RETRY_AFTER_SECONDS,
+    LEASE_SECONDS,
+    AllowAll,
+    Clock,
+    attempt,
+    post_enqueued,
+)
 from tests.support.processes import free_port
 from tests.support.receiver import start_receiver, start_trickler
 
-FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3650)
-SCHEDULE = (5.0, 60.0, 3600.0)
-LEASE_SECONDS = 30
-BUSY_RETRY_AFTER_SECONDS = 5.0
-REQUEUE_AFTER_SECONDS = 60
 lock_wait_timeout_seconds = 10
 outage_seconds = 3600
 outage_rounds_max = 100
-
-
-class AllowAll:
-    def check(self, url: str) -> str | None:
-        return None
-
-
-@dataclass
-class Clock:
-    now: datetime = FUTURE
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Sender:
@@ -116,39 +102,7 @@ def post(
 ) -> list[str]:
     """Accept and post movements at the clock's time; returns the deliveries created."""
     ids = [books.accept(kind, source, destination, 1) for kind, source, destination in moves]
-    enqueued: list[str] = []
-    posting.post_transfers(
-        uow_factory,
-        ids,
-        clock=clock,
-        options=posting.PostingOptions(
-            enqueue_deliveries=enqueued.extend, webhook_requeue_after_seconds=REQUEUE_AFTER_SECONDS
-        ),
-    )
-    return enqueued
-
-
-def attempt(
-    uow_factory: Any,
-    sender: Any,
-    delivery_id: str,
-    clock: Clock,
-    *,
-    schedule: tuple[float, ...] = SCHEDULE,
-    concurrency_max: int = 2,
-    jitter: Callable[[], float] = lambda: 0.0,
-) -> DeliveryStatus | None:
-    return webhooks.attempt_delivery(
-        uow_factory,
-        sender,
-        delivery_id,
-        schedule=schedule,
-        lease_seconds=LEASE_SECONDS,
-        endpoint_concurrency_max=concurrency_max,
-        busy_retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
-        clock=clock,
-        jitter=jitter,
-    )
+    return post_enqueued(uow_factory, ids, clock)
 
 
 def delivery_row(engine: Engine, delivery_id: str) -> Any:

@@ -22,29 +22,16 @@ from ledger_core.domain.webhooks import DeliveryStatus, signing_secrets
 from ledger_core.service_layer import posting, webhooks
 from ledger_core.service_layer.ports import ClaimedDelivery
 from tests.support.books import Books
-
-FUTURE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3650)
-SCHEDULE = (5.0, 60.0, 3600.0)
-REQUEUE_AFTER_SECONDS = 60
-LEASE_SECONDS = 30
-ENDPOINT_CONCURRENCY_MAX = 2
-BUSY_RETRY_AFTER_SECONDS = 5.0
-
-
-class AllowAll:
-    def check(self, url: str) -> str | None:
-        return None
-
-
-@dataclass
-class Clock:
-    now: datetime = FUTURE
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance_to(self, moment: datetime) -> None:
-        self.now = moment
+from tests.support.outbox import (
+    BUSY_RETRY_AFTER_SECONDS,
+    ENDPOINT_CONCURRENCY_MAX,
+    REQUEUE_AFTER_SECONDS,
+    SCHEDULE,
+    AllowAll,
+    Clock,
+    attempt,
+    post_enqueued,
+)
 
 
 @dataclass
@@ -83,41 +70,9 @@ def accept_deposit(uow_factory: Any, setting: dict[str, Any], amount: int = 10) 
 
 
 def posted_delivery(uow_factory: Any, setting: dict[str, Any], clock: Clock) -> str:
-    enqueued: list[str] = []
-    transfer_id = accept_deposit(uow_factory, setting)
-    posting.post_transfers(
-        uow_factory,
-        [transfer_id],
-        clock=clock,
-        options=posting.PostingOptions(
-            enqueue_deliveries=enqueued.extend,
-            webhook_requeue_after_seconds=REQUEUE_AFTER_SECONDS,
-        ),
-    )
+    enqueued = post_enqueued(uow_factory, [accept_deposit(uow_factory, setting)], clock)
     assert len(enqueued) == 1
     return enqueued[0]
-
-
-def attempt(
-    uow_factory: Any,
-    sender: Any,
-    delivery_id: str,
-    clock: Clock,
-    *,
-    schedule: tuple[float, ...] = SCHEDULE,
-    concurrency_max: int = ENDPOINT_CONCURRENCY_MAX,
-) -> Any:
-    return webhooks.attempt_delivery(
-        uow_factory,
-        sender,
-        delivery_id,
-        schedule=schedule,
-        lease_seconds=LEASE_SECONDS,
-        endpoint_concurrency_max=concurrency_max,
-        busy_retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
-        clock=clock,
-        jitter=lambda: 0.0,
-    )
 
 
 def claim(uow: Any, delivery_id: str, now: datetime, lease_until: datetime, token: str) -> Any:

@@ -1,0 +1,25 @@
+"""Fixtures of the end-to-end webhook tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def endpoints(client: httpx.Client) -> Iterator[Any]:
+    """Creates endpoints and deletes them after the test, so later tests get no traffic."""
+    created: list[str] = []
+
+    def create(url: str, **fields: Any) -> dict[str, Any]:
+        response = client.post("/v1/webhook-endpoints", json={"url": url, **fields})
+        assert response.status_code == 201, response.text
+        created.append(response.json()["id"])
+        return response.json()
+
+    yield create
+    for endpoint_id in created:
+        client.delete(f"/v1/webhook-endpoints/{endpoint_id}")
