@@ -49,6 +49,7 @@ WITH claim AS (
     WHERE a.id IN (SELECT src FROM claim UNION SELECT dst FROM claim)
     ORDER BY a.id FOR NO KEY UPDATE
 ), legs AS (
+    -- `leg` orders the credit first, as posting does; the entry stores its position (source 0)
     SELECT seq, 1 AS leg, id AS transfer_id, src AS account_id, -amount AS amount FROM claim
     UNION ALL
     SELECT seq, 0, id, dst, amount FROM claim
@@ -57,8 +58,9 @@ WITH claim AS (
                PARTITION BY l.account_id ORDER BY l.seq, l.leg) AS balance_after
     FROM legs l JOIN locked k ON k.id = l.account_id
 ), entries_written AS (
-    INSERT INTO entries (transfer_id, account_id, amount, balance_after)
-    SELECT transfer_id, account_id, amount, balance_after FROM running ORDER BY seq, leg
+    INSERT INTO entries (transfer_id, account_id, amount, balance_after, leg)
+    SELECT transfer_id, account_id, amount, balance_after, (1 - leg)::smallint
+    FROM running ORDER BY seq, leg
 ), balances AS (
     UPDATE accounts a SET balance = last.balance_after
     FROM (SELECT DISTINCT ON (account_id) account_id, balance_after FROM running
