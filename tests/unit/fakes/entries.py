@@ -77,7 +77,7 @@ class FakeEntries(_Repository):
         created_before: datetime | None = None,
     ) -> list[EntryRecord]:
         s = self._statement("list_page")
-        # ENTRIES_PAGE: an id cursor, an open time window, ORDER BY created_at, id.
+        # ENTRIES_PAGE: an id cursor, an open time window, ORDER BY id.
         rows = [
             e
             for e in s.entries
@@ -86,5 +86,5 @@ class FakeEntries(_Repository):
             and (created_after is None or e.created_at > created_after)
             and (created_before is None or e.created_at < created_before)
         ]
-        rows.sort(key=lambda e: (e.created_at, e.id))
+        rows.sort(key=lambda e: e.id)
         return rows[:limit]
