@@ -12,10 +12,8 @@ from api.routes.transactions import REVERSE, counted, reverse
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import movements, reads
 from ledger_core.service_layer.access import Scope
-from ledger_core.service_layer.errors import Failure
 
 bp = Blueprint("payments", __name__)
-PAYMENT_NOT_FOUND = Failure("payment_not_found", "No such payment.")
 
 
 @operation(
@@ -79,4 +77,4 @@ def get_payment(call: Call, payment_id: str) -> ResponseReturnValue:
     idempotency="required",
 )
 def reverse_payment(call: Call, payment_id: str) -> ResponseReturnValue:
-    return reverse(call, payment_id, PAYMENT_NOT_FOUND)
+    return reverse(call, payment_id, movements.PAYMENT_ONLY)

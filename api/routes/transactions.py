@@ -17,8 +17,7 @@ from ledger_core.domain import limits
 from ledger_core.domain.model import Leg, TransferKind
 from ledger_core.service_layer import movements, reads
 from ledger_core.service_layer.access import Scope
-from ledger_core.service_layer.errors import Failure, Response
-from ledger_core.service_layer.reads import MOVEMENT_NOT_FOUND
+from ledger_core.service_layer.errors import Response
 
 bp = Blueprint("transactions", __name__)
 # 403 account_not_owned: taking back what the original credited to another owner.
@@ -102,9 +101,9 @@ def get_transaction(call: Call, transaction_id: str) -> ResponseReturnValue:
     )
 
 
-def reverse(call: Call, original_id: str, not_found: Failure = MOVEMENT_NOT_FOUND) -> Any:
-    """Shared by every reverse route: the original may be any posted movement; an
-    unknown one is answered with the route's own not-found code."""
+def reverse(call: Call, original_id: str, of: movements.ReverseOf) -> Any:
+    """Shared by every reverse route; `of` says which movements the route's resource
+    names."""
     body: schemas.ReversalCreate = call.body
     services = current_app.extensions["ledger"]
     result = movements.reverse(
@@ -115,10 +114,9 @@ def reverse(call: Call, original_id: str, not_found: Failure = MOVEMENT_NOT_FOUN
         original_id=original_id,
         amount=body.amount,
         reason=body.reason,
+        of=of,
         shards=services.settings.posting_shards,
     )
-    if result is MOVEMENT_NOT_FOUND:
-        result = not_found
     return to_http(counted(result, TransferKind.REVERSAL))
 
 
@@ -133,4 +131,4 @@ def reverse(call: Call, original_id: str, not_found: Failure = MOVEMENT_NOT_FOUN
     idempotency="required",
 )
 def reverse_transaction(call: Call, transaction_id: str) -> ResponseReturnValue:
-    return reverse(call, transaction_id)
+    return reverse(call, transaction_id, movements.ANY_MOVEMENT)

@@ -18,16 +18,15 @@ from api.routes.transactions import REVERSE, reverse
 from ledger_core.adapters.metrics import transfers_accepted_total
 from ledger_core.domain import limits
 from ledger_core.domain.model import TransferKind
-from ledger_core.service_layer import accept
+from ledger_core.service_layer import accept, movements
 from ledger_core.service_layer.access import Scope
-from ledger_core.service_layer.errors import Failure, Response
+from ledger_core.service_layer.errors import Response
 
 bp = Blueprint("transfers", __name__)
 # A deposit debits only the system account: no key is refused one for whose account it is.
 DEPOSITED = {202: schemas.Transfer, 404: None, 422: None}
 # 403 account_not_owned: a withdrawal or transfer out of another owner's account.
 ACCEPTED = {**DEPOSITED, 403: None}
-TRANSFER_NOT_FOUND = Failure("transfer_not_found", "No such transfer.")
 
 
 def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
@@ -173,11 +172,11 @@ def get_transfer(call: Call, transfer_id: str) -> ResponseReturnValue:
     bp,
     "POST",
     "/v1/transfers/{transfer_id}/reverse",
-    summary="Reverse a posted deposit, withdrawal or transfer, in whole or part",
+    summary="Reverse a posted deposit, withdrawal, transfer or capture, in whole or part",
     scope=Scope.WRITE,
     body=schemas.ReversalCreate,
     responses=REVERSE,
     idempotency="required",
 )
 def reverse_transfer(call: Call, transfer_id: str) -> ResponseReturnValue:
-    return reverse(call, transfer_id, TRANSFER_NOT_FOUND)
+    return reverse(call, transfer_id, movements.SOURCE_TO_DESTINATION)

@@ -34,6 +34,7 @@ from ledger_core.service_layer.ports import (
     UnitOfWorkFactory,
     WakePosting,
 )
+from ledger_core.service_layer.reads import TRANSFER_NOT_FOUND
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +340,7 @@ def accept_batch(
 def get_transfer(uow_factory: UnitOfWorkFactory, transfer_id: str) -> dict[str, Any] | Failure:
     with uow_factory() as uow:
         record = uow.transfers.get(transfer_id)
-    return (
-        Failure("transfer_not_found", "No such transfer.") if record is None else record.to_json()
-    )
+    return TRANSFER_NOT_FOUND if record is None else record.to_json()
 
 
 def get_batch(uow_factory: UnitOfWorkFactory, batch_id: str) -> dict[str, Any] | Failure:

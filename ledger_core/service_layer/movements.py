@@ -46,7 +46,12 @@ from ledger_core.service_layer.ports import (
     UnitOfWorkFactory,
     WakePosting,
 )
-from ledger_core.service_layer.reads import HOLD_NOT_FOUND, MOVEMENT_NOT_FOUND
+from ledger_core.service_layer.reads import (
+    HOLD_NOT_FOUND,
+    MOVEMENT_NOT_FOUND,
+    PAYMENT_NOT_FOUND,
+    TRANSFER_NOT_FOUND,
+)
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -65,6 +70,22 @@ REVERSIBLE_KINDS = frozenset(
         TransferKind.CASHBACK,
     }
 )
+LEGGED_KINDS = frozenset({TransferKind.TRANSACTION, TransferKind.PAYMENT, TransferKind.REVERSAL})
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseOf:
+    """What a reverse route names, and its answer for any other movement: a payment is
+    not refunded through /v1/transfers, nor a transfer through /v1/payments. Within
+    those kinds, what is not reversible is 409 `not_reversible`."""
+
+    kinds: frozenset[TransferKind]
+    not_found: Failure
+
+
+ANY_MOVEMENT = ReverseOf(frozenset(TransferKind), MOVEMENT_NOT_FOUND)
+PAYMENT_ONLY = ReverseOf(frozenset({TransferKind.PAYMENT}), PAYMENT_NOT_FOUND)
+SOURCE_TO_DESTINATION = ReverseOf(frozenset(TransferKind) - LEGGED_KINDS, TRANSFER_NOT_FOUND)
 ERROR_DETAILS = {
     **ACCEPT_ERROR_DETAILS,
     AcceptError.UNBALANCED: "The entries of each currency must sum to zero.",
@@ -654,19 +675,21 @@ def reverse(
     original_id: str,
     amount: int | None,
     reason: str | None,
+    of: ReverseOf = ANY_MOVEMENT,
     shards: int = 1,
 ) -> Response | Failure:
     """A new movement with the opposite entries of a posted one, in whole or in part
     (transactions in whole). Reversals never add up to more than the original: checked
     here, checked again by the posting under the original's lock, and by a constraint.
-    Reversing the rest of a payment voids its delayed cashback if not paid yet."""
+    Reversing the rest of a payment voids its delayed cashback if not paid yet. A movement
+    of another kind than `of` names is `of.not_found`, as if it were not there."""
     cached = _cached(cache, keyed)
     if cached is not None:
         return cached
     with uow_factory() as uow:
         original = uow.transfers.get_movement(original_id)
-        if original is None:
-            return MOVEMENT_NOT_FOUND
+        if original is None or TransferKind(original.kind) not in of.kinds:
+            return of.not_found
         wanted = _reversible(original, amount)
         if isinstance(wanted, Failure):
             return wanted

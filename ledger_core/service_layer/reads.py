@@ -13,6 +13,7 @@ from ledger_core.service_layer.ports import UnitOfWorkFactory
 MOVEMENT_NOT_FOUND = Failure("transaction_not_found", "No such transaction.")
 HOLD_NOT_FOUND = Failure("hold_not_found", "No such hold.")
 PAYMENT_NOT_FOUND = Failure("payment_not_found", "No such payment.")
+TRANSFER_NOT_FOUND = Failure("transfer_not_found", "No such transfer.")
 
 
 def get_transaction(uow_factory: UnitOfWorkFactory, movement_id: str) -> dict[str, Any] | Failure:

@@ -184,3 +184,6 @@ def test_only_a_posted_movement_can_be_reversed(client: httpx.Client, engine: En
     assert (missing.status_code, missing.json()["code"]) == (404, "transfer_not_found")
     missing = post_money(client, "/v1/payments/pay_nothing/reverse", {})
     assert (missing.status_code, missing.json()["code"]) == (404, "payment_not_found")
+    # A transfer is not a payment: the payments route does not reverse it.
+    wrong = post_money(client, f"/v1/payments/{failed['id']}/reverse", {})
+    assert (wrong.status_code, wrong.json()["code"]) == (404, "payment_not_found")

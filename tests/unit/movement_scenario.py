@@ -144,6 +144,7 @@ def reverse(
     *,
     key: str | None = None,
     api_key: ApiKey = TEST_API_KEY,
+    of: movements.ReverseOf = movements.ANY_MOVEMENT,
 ) -> Response | Failure:
     return movements.reverse(
         store,
@@ -153,6 +154,7 @@ def reverse(
         original_id=original_id,
         amount=amount,
         reason=None,
+        of=of,
     )
 
 

@@ -23,7 +23,7 @@ from movement_scenario import (
 from scenario import fund, new_account, transfer
 
 from ledger_core.domain import limits
-from ledger_core.service_layer import accounts, reads
+from ledger_core.service_layer import accounts, movements, reads
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.movements import CashbackRequest
 
@@ -366,6 +366,24 @@ def test_a_hold_is_not_reversible_even_posted(store, alice, bob):
 
 def test_an_unknown_movement_is_not_found(store):
     assert failed(reverse(store, "tr_nothing")) == "transaction_not_found"
+
+
+def test_a_reverse_route_reverses_only_the_movements_its_resource_names(store, shop, paid):
+    customer, merchant, _ = shop
+    fund(store, customer, 100)
+    payment_id = accepted(payment(store, customer, merchant, 100))["id"]
+    post_all(store)
+    # A transfer through /v1/payments, a payment through /v1/transfers: not found there.
+    assert failed(reverse(store, paid, of=movements.PAYMENT_ONLY)) == "payment_not_found"
+    assert failed(reverse(store, payment_id, of=movements.SOURCE_TO_DESTINATION)) == (
+        "transfer_not_found"
+    )
+    assert kinds_stored(store, "reversal") == []
+    # Each through its own route, and any through /v1/transactions.
+    accepted(reverse(store, paid, 10, of=movements.SOURCE_TO_DESTINATION))
+    accepted(reverse(store, payment_id, 10, of=movements.PAYMENT_ONLY))
+    accepted(reverse(store, paid, 10, of=movements.ANY_MOVEMENT))
+    assert len(kinds_stored(store, "reversal")) == 3
 
 
 def test_a_transaction_is_reversed_in_whole_only(store, alice, bob, carol):
