@@ -15,6 +15,13 @@ Create Date: 2026-12-02
 - entries get a leg number (an account may appear twice in a transaction), unique per
   movement, and the clock of their insert, which follows the account's lock order, so the
   last entry at or before an instant holds the balance at that instant.
+
+Numbering the legs rewrites every row of `entries`, and the new checks read `transfers`
+whole, under the locks this transaction holds until it commits: on a large ledger run it
+in a maintenance window (migrations/env.py's statement bound is lifted for this one).
+
+Downgrading refuses while any movement of the new kinds exists: the old schema has no
+place for them (nor for an account's second entry in one movement).
 """
 
 import sqlalchemy as sa
@@ -33,6 +40,14 @@ OLD_KINDS = "'deposit', 'withdrawal', 'transfer'"
 LEGGED = "('transaction', 'payment', 'reversal')"
 HOLD_ACTIONS = "('capture', 'cashback', 'void', 'expire')"
 HOLD_STATUSES = "'pending', 'active', 'captured', 'voided', 'expired', 'rejected'"
+REFUSE_NEW_KINDS = """
+DO $$ BEGIN
+  IF EXISTS (SELECT 1 FROM transfers WHERE kind NOT IN ('deposit', 'withdrawal', 'transfer'))
+  THEN RAISE EXCEPTION 'downgrade of 0006 refused: movements of kinds that 0005 cannot hold'
+                       ' exist (transactions, payments, holds, reversals)';
+  END IF;
+END $$
+"""
 
 
 def _check(table: str, name: str, condition: str) -> None:
@@ -40,6 +55,10 @@ def _check(table: str, name: str, condition: str) -> None:
 
 
 def upgrade() -> None:
+    # Rewriting `entries` takes as long as copying it: no statement bound for this
+    # migration's transaction. lock_timeout stays, so it never queues behind a long
+    # transaction while every posting queues behind it.
+    op.execute("SET LOCAL statement_timeout = 0")
     # ---- transfers: every kind of movement
     op.drop_constraint(op.f("ck_transfers_kind_known"), "transfers", type_="check")
     _check("transfers", "kind_known", f"kind IN ({KINDS})")
@@ -182,6 +201,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(REFUSE_NEW_KINDS)
+    op.execute("SET LOCAL statement_timeout = 0")
     op.drop_index("ix_entries_account_id_created_at", table_name="entries")
     op.alter_column("entries", "created_at", server_default=sa.func.now())
     op.drop_constraint("uq_entries_transfer_id_leg", "entries", type_="unique")

@@ -38,6 +38,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("SET LOCAL statement_timeout = 0")  # the same rewrite, back
     for table, column in COLUMNS:
         # An out-of-range value makes the cast, and so the downgrade, fail.
         op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE bigint")

@@ -164,3 +164,35 @@ def test_upgrading_to_owners_makes_each_key_its_own_owner_and_leaves_accounts_to
     command.check(scratch_config)
     command.downgrade(scratch_config, "0007")
     command.upgrade(scratch_config, "head")
+
+
+def test_downgrading_below_movements_refuses_while_a_new_kind_exists(
+    scratch_config: Config,
+) -> None:
+    """0005 has no place for a transaction: downgrading past 0006 says so and changes
+    nothing."""
+    command.upgrade(scratch_config, "head")
+    url = scratch_config.attributes["database_url"]
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    engine = make_engine(Settings(database_url=url))
+    try:
+        books = Books(SqlUnitOfWorkFactory(engine))
+        books.move(TransferKind.DEPOSIT, None, books.open_account(), 700)
+        with psycopg.connect(plain, autocommit=True) as connection:
+            # A pending transaction's row (its legs are not needed here).
+            connection.execute(
+                "INSERT INTO transfers (id, kind, amount, currency, status, metadata,"
+                " api_key_id, shard) SELECT 'txn_1', 'transaction', 1, 'USD', 'pending',"
+                " '{}', id, 0 FROM api_keys LIMIT 1"
+            )
+        engine.dispose()
+        command.downgrade(scratch_config, "0006")
+        with pytest.raises(Exception, match="downgrade of 0006 refused"):
+            command.downgrade(scratch_config, "0005")
+        with psycopg.connect(plain) as connection:
+            (version,) = connection.execute(
+                "SELECT version_num FROM alembic_version"
+            ).fetchone() or (None,)
+        assert version == "0006"
+    finally:
+        engine.dispose()
