@@ -46,7 +46,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # A task that raised (or hit its time limit) is acknowledged, not requeued blindly: each
 # task decides its own retries, and the sweeper and the webhook scheduler find what is
-# left in PostgreSQL. (Celery 5.7 settings; tests check every name here is Celery's.)
+# left in PostgreSQL. (Celery 5.7 settings; tests/integration/test_deploy_files.py checks
+# that every lowercase name here is one of Celery's.)
 task_acks_on_failure = True
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
@@ -82,31 +83,36 @@ task_send_sent_event = True
 
 timezone = "UTC"
 enable_utc = True
+# A periodic run that could not start in time is useless later: the next one covers it.
+# Each expires well before its next run would pile up behind it.
+FREQUENT_TASK_EXPIRES_SECONDS = 30  # sweeper, webhook scheduler, hold releases
+RECONCILE_TASK_EXPIRES_SECONDS = 120
+PRUNE_TASK_EXPIRES_SECONDS = 600
+PRUNE_INTERVAL_SECONDS = 3600.0
 beat_schedule = {
     "sweep-pending-transfers": {
         "task": "ledger.sweep_pending_transfers",
         "schedule": float(os.environ.get("SWEEPER_INTERVAL_SECONDS", "10")),
-        # A sweep that could not run in time is useless later: the next one covers it.
-        "options": {"expires": 30},
+        "options": {"expires": FREQUENT_TASK_EXPIRES_SECONDS},
     },
     "enqueue-due-webhooks": {
         "task": "ledger.enqueue_due_webhooks",
         "schedule": float(os.environ.get("WEBHOOK_SCHEDULER_INTERVAL_SECONDS", "5")),
-        "options": {"expires": 30},
+        "options": {"expires": FREQUENT_TASK_EXPIRES_SECONDS},
     },
     "reconcile-books": {
         "task": "ledger.reconcile",
         "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "300")),
-        "options": {"expires": 120},
+        "options": {"expires": RECONCILE_TASK_EXPIRES_SECONDS},
     },
     "release-due-holds": {
         "task": "ledger.release_due_holds",
         "schedule": float(os.environ.get("HOLDS_INTERVAL_SECONDS", "5")),
-        "options": {"expires": 30},
+        "options": {"expires": FREQUENT_TASK_EXPIRES_SECONDS},
     },
     "prune-idempotency-keys": {
         "task": "ledger.prune_idempotency_keys",
-        "schedule": 3600.0,
-        "options": {"expires": 600},
+        "schedule": PRUNE_INTERVAL_SECONDS,
+        "options": {"expires": PRUNE_TASK_EXPIRES_SECONDS},
     },
 }

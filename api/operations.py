@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ValidationError
 
 from api.problems import ApiProblem
@@ -32,7 +32,8 @@ request_json_depth_max = 32
 # What an id in a path may look like (ours are `prefix_` and hex). Anything else cannot
 # name a resource: it is answered 404 before it reaches PostgreSQL, which cannot even
 # compare text holding U+0000.
-PATH_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+path_id_length_max = 64
+PATH_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{path_id_length_max}}}")
 NOT_FOUND_BY_PATH_PARAM = {
     "account_id": "account_not_found",
     "transfer_id": "transfer_not_found",
@@ -46,7 +47,8 @@ NOT_FOUND_BY_PATH_PARAM = {
 }
 # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses) and other
 # scripts' digits; four digits are enough for any page size and cannot overflow.
-PAGE_LIMIT_PATTERN = re.compile(r"[0-9]{1,4}")
+page_limit_digits_max = 4
+PAGE_LIMIT_PATTERN = re.compile(rf"[0-9]{{1,{page_limit_digits_max}}}")
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,6 @@ class Call:
     idempotency_key: str | None
     request_hash: str
 
-    @property
-    def api_key_id(self) -> str | None:
-        return None if self.api_key is None else self.api_key.id
-
 
 def _authenticate(required: Scope) -> ApiKey:
     header = request.headers.get("Authorization", "")
@@ -96,7 +94,6 @@ def _authenticate(required: Scope) -> ApiKey:
             "The API key is unknown, revoked or expired.",
             headers={"WWW-Authenticate": 'Bearer realm="ledger", error="invalid_token"'},
         )
-    g.api_key_id = found.id
     if not scope_allows(found.scope, required):
         raise ApiProblem("forbidden", f"This operation needs the `{required}` scope.")
     return found
@@ -252,7 +249,8 @@ def _refuse_unknown_query(declared: dict[str, str]) -> None:
         allowed = ", ".join(sorted(declared)) or "none"
         raise ApiProblem(
             "invalid_query",
-            f"Unknown query parameter {unknown[0][:64]!r}; this operation takes: {allowed}.",
+            f"Unknown query parameter {unknown[0][:path_id_length_max]!r};"
+            f" this operation takes: {allowed}.",
         )
 
 

@@ -130,7 +130,8 @@ def _operation_doc(op: Operation, schemas_out: dict[str, Any]) -> dict[str, Any]
                 "required": op.idempotency == "required",
                 "description": (
                     f"1-{limits.idempotency_key_length_max} printable ASCII characters."
-                    " Money movements and batches keep it for good, accounts for 24 hours."
+                    " Money movements and batches keep it for good, accounts for"
+                    f" {limits.idempotency_ttl_seconds // 3600} hours."
                 ),
                 "schema": IDEMPOTENCY_KEY_SCHEMA,
             }

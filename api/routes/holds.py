@@ -7,8 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from api import schemas
 from api.operations import Call, keyed, operation
-from api.routes.results import to_http
-from api.routes.transactions import counted
+from api.routes.results import counted, to_http
 from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer import movements, reads
 from ledger_core.service_layer.access import Scope

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from flask import Response, jsonify
 
 from api.problems import problem_response
+from ledger_core.adapters.metrics import transfers_accepted_total
+from ledger_core.domain.model import TransferKind
 from ledger_core.service_layer.errors import Failure
 from ledger_core.service_layer.errors import Response as ServiceResponse
 from ledger_core.service_layer.pagination import Page
@@ -45,3 +48,12 @@ def to_http(
     response = jsonify(result)
     response.status_code = status
     return response
+
+
+def counted(result: Any, kind: TransferKind) -> Any:
+    """A movement accepted now (not a replay) is counted by kind, and its id joins the
+    request's log lines."""
+    if isinstance(result, ServiceResponse) and not result.replayed:
+        transfers_accepted_total.labels(kind.value).inc()
+        structlog.contextvars.bind_contextvars(transfer_id=result.body["id"])
+    return result

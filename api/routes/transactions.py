@@ -11,13 +11,11 @@ from api import schemas
 from api.operations import Call, keyed, operation, page_limit
 from api.problems import ApiProblem
 from api.routes.accounts import PAGING
-from api.routes.results import to_http
-from ledger_core.adapters.metrics import transfers_accepted_total
+from api.routes.results import counted, to_http
 from ledger_core.domain import limits
 from ledger_core.domain.model import Leg, TransferKind
 from ledger_core.service_layer import movements, reads
 from ledger_core.service_layer.access import Scope
-from ledger_core.service_layer.errors import Response
 
 bp = Blueprint("transactions", __name__)
 # 403 account_not_owned: taking back what the original credited to another owner.
@@ -32,12 +30,6 @@ def _refuse_too_many_entries(raw: Any) -> None:
             "too_many_entries",
             f"A transaction has 2 to {limits.transaction_entries_max} entries; got {len(entries)}.",
         )
-
-
-def counted(result: Any, kind: TransferKind) -> Any:
-    if isinstance(result, Response) and not result.replayed:
-        transfers_accepted_total.labels(kind.value).inc()
-    return result
 
 
 @operation(

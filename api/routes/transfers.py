@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from api import schemas
 from api.operations import Call, operation
 from api.problems import ApiProblem
-from api.routes.results import to_http
+from api.routes.results import counted, to_http
 from api.routes.transactions import REVERSE, reverse
 from ledger_core.adapters.metrics import transfers_accepted_total
 from ledger_core.domain import limits
@@ -42,10 +42,7 @@ def _accept(call: Call, request: accept.MovementRequest) -> ResponseReturnValue:
         shards=services.settings.posting_shards,
         store=services.store_pending,
     )
-    if isinstance(result, Response) and not result.replayed:
-        transfers_accepted_total.labels(request.kind.value).inc()
-        structlog.contextvars.bind_contextvars(transfer_id=result.body["id"])
-    return to_http(result)
+    return to_http(counted(result, request.kind))
 
 
 def _movement(kind: TransferKind, body: Any) -> accept.MovementRequest:

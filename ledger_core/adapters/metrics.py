@@ -115,19 +115,16 @@ class PrometheusMetrics:
         webhook_attempts_total.labels(outcome).inc()
 
 
-_SAME = object()
-
-
 class SystemCollector(Collector):
     """Gauges read at scrape time from PostgreSQL and Redis: true for the whole system,
     whichever process serves them."""
 
-    def __init__(self, engine: Engine, redis: Any, broker_redis: Any = _SAME) -> None:
-        """`redis` holds the last reconciliation; `broker_redis` the queues (by default
-        the same client; None when the broker is not Redis: no depth gauge then)."""
+    def __init__(self, engine: Engine, redis: Any, broker_redis: Any) -> None:
+        """`redis` holds the last reconciliation; `broker_redis` the queues (None when
+        the broker is not Redis: no depth gauge then)."""
         self._engine = engine
         self._redis = redis
-        self._broker_redis = redis if broker_redis is _SAME else broker_redis
+        self._broker_redis = broker_redis
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         oldest = GaugeMetricFamily(

@@ -168,8 +168,9 @@ ISO_UTC = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 NEW_ID = (
     "{} || '_'"
     " || lpad(to_hex((extract(epoch FROM statement_timestamp()) * 1000)::bigint), 12, '0')"
-    " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
-    " || lpad(to_hex((random() * 4294967296)::bigint), 8, '0')"
+    # floor, not a cast, which rounds: 2^32 itself would be nine hex digits.
+    " || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0')"
+    " || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0')"
 )
 # The event type of each (kind, status), from the domain's table: one source of truth.
 EVENT_TYPE = (

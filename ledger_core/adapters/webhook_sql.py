@@ -17,6 +17,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 
 from ledger_core.adapters import tables as t
 from ledger_core.adapters.sql_connection import LazyConnection
+from ledger_core.adapters.sql_transfers import NEW_ID
 from ledger_core.domain.records import AttemptRecord, DeliveryRecord, EndpointRecord
 from ledger_core.domain.webhooks import AttemptDecision, DeliveryStatus, EndpointStatus
 from ledger_core.service_layer.ports import ClaimedDelivery, EndpointBusy
@@ -40,13 +41,9 @@ ENABLE_WAIT_FOR_POSTINGS = (
 # none for. The match is domain.webhooks.endpoint_matches, as the posting statement
 # (sql_transfers.FINALIZE) does it: the event type among the endpoint's, and its accounts
 # ("every account" is a JSON null) among the transfer's.
-ADD_MISSED = """
+ADD_MISSED = f"""
     INSERT INTO webhook_deliveries (id, event_id, endpoint_id, next_attempt_at, created_at)
-    SELECT 'wd_'
-           || lpad(to_hex((extract(epoch FROM statement_timestamp()) * 1000)::bigint), 12, '0')
-           || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0')
-           || lpad(to_hex(floor(random() * 4294967296)::bigint), 8, '0'),
-           m.id, %(endpoint_id)s, %(now)s, %(now)s
+    SELECT {NEW_ID.format("'wd'")}, m.id, %(endpoint_id)s, %(now)s, %(now)s
     FROM (
         SELECT e.id
         FROM events e

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from celery.app.defaults import NAMESPACES, flatten
 
 import celeryconfig
 from devstack.run import DEV_PROCESSES
@@ -197,3 +198,16 @@ def test_web_binds_from_the_environment_and_make_run_starts_every_process() -> N
     web = _procfile()["web"]
     assert re.search(r"--bind \$\{BIND_HOST(:-[^}]*)?\}:\$\{PORT(:-[^}]*)?\}", web), web
     assert sorted(DEV_PROCESSES) == sorted(set(PROCESSES) - {"release"})
+
+
+def test_every_lowercase_name_in_celeryconfig_is_a_celery_setting() -> None:
+    """Celery ignores a misspelt or invented setting without a word; the module's own
+    constants are uppercase."""
+    settings = {name for name, _ in flatten(NAMESPACES)}
+    names = {
+        name
+        for name, value in vars(celeryconfig).items()
+        if name.islower() and not name.startswith("_") and not callable(value)
+    } - {"os"}
+    assert names, "celeryconfig declares settings"
+    assert sorted(names - settings) == []
