@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "hold_not_found": 404,
     "payment_not_found": 404,
     "hold_not_active": 409,
+    "hold_is_cashback": 409,
     "not_reversible": 409,
     "delivery_in_progress": 409,
     "webhook_endpoint_disabled": 409,

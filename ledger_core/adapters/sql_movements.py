@@ -81,6 +81,10 @@ LOCK_ORIGINALS = """
     SELECT id, amount, reversed_amount FROM transfers
     WHERE id = ANY(%(ids)b::text[]) ORDER BY id FOR NO KEY UPDATE
 """
+REVERSING = """
+    SELECT coalesce(sum(reversal_amount), 0) FROM transfers
+    WHERE reverses_id = %(id)s AND status = 'pending'
+"""
 SET_REVERSED = """
     UPDATE transfers AS t SET reversed_amount = v.reversed
     FROM unnest(%(ids)b::text[], %(reversed)b::bigint[]) AS v(id, reversed)
@@ -247,6 +251,10 @@ def _cashback_status(row: Any) -> str:
 def lock_originals(c: LazyConnection, transfer_ids: Collection[str]) -> dict[str, OriginalState]:
     rows = c.driver_rows(LOCK_ORIGINALS, {"ids": sorted(transfer_ids)})
     return {row[0]: OriginalState(*row) for row in rows}
+
+
+def reversing(c: LazyConnection, original_id: str) -> int:
+    return int(c.exec_driver_sql(REVERSING, {"id": original_id}).scalar_one())
 
 
 def set_reversed(c: LazyConnection, reversed_amounts: Mapping[str, int]) -> None:

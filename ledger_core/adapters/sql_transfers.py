@@ -555,6 +555,9 @@ class SqlTransferRepository:
     def lock_originals(self, transfer_ids: Collection[str]) -> dict[str, OriginalState]:
         return sql_movements.lock_originals(self._c, transfer_ids)
 
+    def reversing(self, original_id: str) -> int:
+        return sql_movements.reversing(self._c, original_id)
+
     def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None:
         sql_movements.set_reversed(self._c, reversed_amounts)
 

@@ -86,6 +86,11 @@ class ReverseOf:
 ANY_MOVEMENT = ReverseOf(frozenset(TransferKind), MOVEMENT_NOT_FOUND)
 PAYMENT_ONLY = ReverseOf(frozenset({TransferKind.PAYMENT}), PAYMENT_NOT_FOUND)
 SOURCE_TO_DESTINATION = ReverseOf(frozenset(TransferKind) - LEGGED_KINDS, TRANSFER_NOT_FOUND)
+CASHBACK_HOLD = Failure(
+    "hold_is_cashback",
+    "This hold is a payment's delayed cashback: it is paid when its delay has passed, or"
+    " voided by a refund of the rest of the payment, never captured or voided by hand.",
+)
 ERROR_DETAILS = {
     **ACCEPT_ERROR_DETAILS,
     AcceptError.UNBALANCED: "The entries of each currency must sum to zero.",
@@ -141,8 +146,18 @@ def _store(
         created_at = stored[head.id].created_at
         assert created_at is not None, "a stored movement has its creation time"
         return created_at
-    found = uow.transfers.by_idempotency_keys([(keyed.api_key_id, keyed.idempotency_key)])
-    before = found[(keyed.api_key_id, keyed.idempotency_key)]
+    earlier = _earlier(uow, keyed)
+    assert earlier is not None, "the key that conflicted has its movement"
+    return earlier
+
+
+def _earlier(uow: UnitOfWork, keyed: Keyed) -> Response | Failure | None:
+    """The replay of what this key created before (KEY_REUSED for another body), or None
+    if the key is new."""
+    key = (keyed.api_key_id, keyed.idempotency_key)
+    before = uow.transfers.by_idempotency_keys([key]).get(key)
+    if before is None:
+        return None
     if before.request_hash != keyed.request_hash:
         return KEY_REUSED
     return Response(202, _replayed(uow, before.record.id), replayed=True)
@@ -506,7 +521,7 @@ def act_on_hold(
         return cached
     with uow_factory() as uow:
         hold = uow.holds.get(hold_id)
-        refused = HOLD_NOT_FOUND if hold is None else _may_not_act(uow, keyed.api_key, hold)
+        refused = _may_not_act(uow, keyed.api_key, hold)
         if refused is not None:
             return refused
         assert hold is not None
@@ -540,10 +555,16 @@ def act_on_hold(
     return _accepted(cache, keyed, wake, movement, action.shard)
 
 
-def _may_not_act(uow: UnitOfWork, api_key: ApiKey, hold: HoldRecord) -> Failure | None:
+def _may_not_act(uow: UnitOfWork, api_key: ApiKey, hold: HoldRecord | None) -> Failure | None:
     """A capture pays the destination from the reserved source, a void gives the source
     its funds back: a key that may debit either side of the hold may do either. Refused,
-    the answer names the source."""
+    the answer names the source. A payment's delayed cashback no key acts on: captured
+    early, a refund could no longer void it; voided, the customer would lose what the
+    payment promised. Beat and the payment's refund settle it."""
+    if hold is None:
+        return HOLD_NOT_FOUND
+    if hold.capture_at is not None:
+        return CASHBACK_HOLD
     if api_key.scope is Scope.ADMIN:
         return None  # no need for the accounts' facts
     facts = uow.accounts.facts({hold.source_account_id, hold.destination_account_id})
@@ -632,6 +653,21 @@ def _reversible(original: TransactionRecord, amount: int | None) -> int | Failur
     return wanted
 
 
+def _with_pending_reversals(uow: UnitOfWork, original: TransactionRecord) -> TransactionRecord:
+    """The original with what its pending reversals take back counted as reversed, read
+    under its row lock, so concurrent reversals see one another: the one that takes the
+    rest is known (and voids a delayed cashback), and none is accepted beyond the
+    original. Locks in posting's order: the payment's cashback hold, then the original."""
+    if original.kind == TransferKind.PAYMENT:
+        payment = uow.payments.get(original.id)
+        if payment is not None and payment.cashback_hold_id is not None:
+            uow.holds.lock([payment.cashback_hold_id])
+    locked = uow.transfers.lock_originals([original.id])[original.id]
+    return replace(
+        original, reversed_amount=locked.reversed_amount + uow.transfers.reversing(original.id)
+    )
+
+
 def _void_pending_cashback(
     uow: UnitOfWork, original: TransactionRecord, reversal: NewTransfer
 ) -> NewTransfer | None:
@@ -690,9 +726,12 @@ def reverse(
         original = uow.transfers.get_movement(original_id)
         if original is None or TransferKind(original.kind) not in of.kinds:
             return of.not_found
+        original = _with_pending_reversals(uow, original)
         wanted = _reversible(original, amount)
         if isinstance(wanted, Failure):
-            return wanted
+            # What is left may be gone because this very request's reversal took it:
+            # a retry (its cached answer expired) gets that reversal, not a refusal.
+            return _earlier(uow, keyed) or wanted
         legs = reversal_legs(
             [Leg(e.account_id, e.amount) for e in original.entries],
             original.amount,

@@ -280,6 +280,10 @@ class TransferRepository(Protocol):
         """Lock the posted movements that reversals reverse, in ascending id order."""
         ...
 
+    def reversing(self, original_id: str) -> int:
+        """What the PENDING reversals of this movement take back, together."""
+        ...
+
     def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None: ...
 
     def movements(self, transfer_ids: Sequence[str]) -> dict[str, TransactionRecord]:

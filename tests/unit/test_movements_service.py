@@ -12,6 +12,7 @@ from fakes import FakeIdempotencyCache, FakeStore
 from movement_scenario import (
     accepted,
     broken_rules,
+    capture,
     expire_due,
     failed,
     hold,
@@ -19,6 +20,7 @@ from movement_scenario import (
     post_all,
     reverse,
     transaction,
+    void,
 )
 from scenario import fund, new_account, transfer
 
@@ -288,6 +290,38 @@ def test_a_payment_refunded_before_its_delayed_cashback_pays_no_cashback(store, 
     assert [store.balance(a) for a in shop] == [1000, 0, 100]
 
 
+def test_refunds_that_add_up_while_pending_still_void_the_delayed_cashback(store, shop):
+    # The second refund is accepted before the first posts: it takes the rest all the same.
+    customer, merchant, rewards = shop
+    cashback = CashbackRequest(rewards, 200, available_after_seconds=3600)
+    body = accepted(payment(store, customer, merchant, 500, cashback))
+    post_all(store)
+    accepted(reverse(store, body["id"], 200))
+    accepted(reverse(store, body["id"], 300))
+    post_all(store)
+    store.advance(3600)
+    expire_due(store)
+    post_all(store)
+    assert [store.balance(a) for a in shop] == [1000, 0, 100]
+    assert payment_json(store, body["id"])["reversed_amount"] == 500
+    assert broken_rules(store) == {}
+
+
+def test_a_delayed_cashback_is_neither_captured_nor_voided_by_hand(store, shop):
+    customer, merchant, rewards = shop
+    cashback = CashbackRequest(rewards, 200, available_after_seconds=3600)
+    body = accepted(payment(store, customer, merchant, 500, cashback))
+    post_all(store)
+    hold_id = payment_json(store, body["id"])["cashback"]["hold_id"]
+    assert failed(capture(store, hold_id)) == "hold_is_cashback"
+    assert failed(void(store, hold_id)) == "hold_is_cashback"
+    assert store.hold(hold_id).status == "active"
+    store.advance(3600)
+    expire_due(store)
+    post_all(store)
+    assert store.hold(hold_id).status == "captured"
+
+
 def test_cashback_from_the_customers_own_account_is_refused(store, shop):
     customer, merchant, _ = shop
     result = payment(store, customer, merchant, 100, CashbackRequest(customer, 100))
@@ -398,8 +432,36 @@ def test_a_transaction_is_reversed_in_whole_only(store, alice, bob, carol):
     assert broken_rules(store) == {}
 
 
-def test_reversals_accepted_together_beyond_the_original_post_only_within_it(store, paid):
-    # Both pass at accept time (nothing reversed yet); the posting re-checks under lock.
+def test_a_pending_reversal_counts_against_what_is_left_to_reverse(store, paid):
+    first = accepted(reverse(store, paid, 60))["id"]
+    beyond = reverse(store, paid, 60)
+    assert failed(beyond) == "reversal_exceeds_original"
+    assert isinstance(beyond, Failure) and beyond.extra == {"reversible_amount": 40}
+    rest = accepted(reverse(store, paid))
+    assert rest["amount"] == 40
+    post_all(store)
+    assert store.statuses([first, rest["id"]]) == ["posted", "posted"]
+    assert movement(store, paid)["reversed_amount"] == 100
+    assert broken_rules(store) == {}
+
+
+def test_a_retried_reversal_replays_once_nothing_is_left_to_reverse(store, paid):
+    # Each call has a fresh cache: as after the cached answer expired.
+    first = accepted(reverse(store, paid, key="refund-all"))
+    post_all(store)
+    again = reverse(store, paid, key="refund-all")
+    assert isinstance(again, Response) and again.replayed and again.body == first
+    other = reverse(store, paid, 5, key="refund-all")
+    assert failed(other) == "idempotency_key_reused"
+    assert kinds_stored(store, "reversal") == [first["id"]]
+
+
+def test_reversals_stored_past_the_accept_check_post_only_within_the_original(
+    store, paid, monkeypatch
+):
+    # As if the accept check had not seen the other (a release before it counted pending
+    # reversals): the posting re-checks under the original's lock.
+    monkeypatch.setattr(movements, "_with_pending_reversals", lambda uow, original: original)
     first = accepted(reverse(store, paid, 60))["id"]
     second = accepted(reverse(store, paid, 60))["id"]
     post_all(store)

@@ -345,6 +345,14 @@ class FakeTransfers(_Repository):
             for i in existing
         }
 
+    def reversing(self, original_id: str) -> int:
+        s = self._statement("reversing")
+        return sum(
+            t.reversal_amount or 0
+            for t in s.transfers.values()
+            if t.reverses_id == original_id and t.status == "pending"
+        )
+
     def set_reversed(self, reversed_amounts: Mapping[str, int]) -> None:
         s = self._statement("set_reversed")
         existing = [i for i in reversed_amounts if i in s.transfers]
