@@ -89,6 +89,8 @@ class AcceptError(StrEnum):
     AMOUNT_OUT_OF_RANGE = "invalid_amount"
     UNBALANCED = "unbalanced"
     TOO_MANY_ENTRIES = "too_many_entries"
+    # A cashback rate, a cashback delay or a hold's expiry outside its limits.
+    OUT_OF_BOUNDS = "validation_error"
 
 
 @dataclass(frozen=True, slots=True)

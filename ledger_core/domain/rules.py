@@ -94,6 +94,27 @@ def debited(legs: Sequence[Leg]) -> int:
     return -sum(leg.amount for leg in legs if leg.amount < 0)
 
 
+def check_cashback(basis_points: int, available_after_seconds: int | None) -> AcceptError | None:
+    """A rate of 0 to the whole amount (a negative one would pay the rewards account from
+    the customer), and a delay of 1 s to `cashback_delay_seconds_max` if any."""
+    if not 0 <= basis_points <= limits.basis_points_per_unit:
+        return AcceptError.OUT_OF_BOUNDS
+    if available_after_seconds is not None and not (
+        1 <= available_after_seconds <= limits.cashback_delay_seconds_max
+    ):
+        return AcceptError.OUT_OF_BOUNDS
+    return None
+
+
+def check_hold_expiry(expires_in_seconds: int | None) -> AcceptError | None:
+    """1 s to `hold_expires_in_seconds_max` if any: an expiry in the past reserves nothing."""
+    if expires_in_seconds is not None and not (
+        1 <= expires_in_seconds <= limits.hold_expires_in_seconds_max
+    ):
+        return AcceptError.OUT_OF_BOUNDS
+    return None
+
+
 def cashback_amount(amount: int, basis_points: int) -> int:
     """Cashback of a payment: rounded down, so it never exceeds its share of the amount
     and never creates money that was not paid for."""

@@ -26,6 +26,8 @@ from ledger_core.domain.movement_records import (
 )
 from ledger_core.domain.rules import (
     cashback_amount,
+    check_cashback,
+    check_hold_expiry,
     check_transaction,
     check_transfer,
     debited,
@@ -96,6 +98,11 @@ ERROR_DETAILS = {
     AcceptError.UNBALANCED: "The entries of each currency must sum to zero.",
     AcceptError.TOO_MANY_ENTRIES: (
         f"A transaction has 2 to {limits.transaction_entries_max} entries."
+    ),
+    AcceptError.OUT_OF_BOUNDS: (
+        f"basis_points is 0 to {limits.basis_points_per_unit}, available_after_seconds 1 to"
+        f" {limits.cashback_delay_seconds_max}, expires_in_seconds 1 to"
+        f" {limits.hold_expires_in_seconds_max}."
     ),
 }
 
@@ -351,7 +358,9 @@ def accept_payment(
         error = check_transfer(TransferKind.TRANSFER, customer, merchant, amount)
         rewards = facts.get(cashback.rewards_account_id) if cashback is not None else None
         if error is None and cashback is not None:
-            error = check_transfer(TransferKind.TRANSFER, rewards, customer, 1)
+            error = check_transfer(TransferKind.TRANSFER, rewards, customer, 1) or check_cashback(
+                cashback.basis_points, cashback.available_after_seconds
+            )
         if error is not None:
             return _failure(error)
         assert customer is not None and merchant is not None
@@ -457,7 +466,9 @@ def accept_hold(
     with uow_factory() as uow:
         facts = uow.accounts.facts({source_account_id, destination_account_id})
         source, destination = facts.get(source_account_id), facts.get(destination_account_id)
-        error = check_transfer(TransferKind.TRANSFER, source, destination, amount)
+        error = check_transfer(
+            TransferKind.TRANSFER, source, destination, amount
+        ) or check_hold_expiry(expires_in_seconds)
         if error is not None:
             return _failure(error)
         assert source is not None

@@ -68,9 +68,10 @@ def test_check_transfer(kind, source, destination, amount, expected):
 
 
 def test_every_accept_error_is_reachable_by_the_cases():
-    # Those two are an N-entry transaction's (check_transaction: test_movement_rules.py).
-    transaction_only = {AcceptError.UNBALANCED, AcceptError.TOO_MANY_ENTRIES}
-    assert {case[-1] for case in CASES} - {None} == set(AcceptError) - transaction_only
+    # Those are an N-entry transaction's (check_transaction) and a cashback's or a hold's
+    # bounds (check_cashback, check_hold_expiry): test_movement_rules.py.
+    elsewhere = {AcceptError.UNBALANCED, AcceptError.TOO_MANY_ENTRIES, AcceptError.OUT_OF_BOUNDS}
+    assert {case[-1] for case in CASES} - {None} == set(AcceptError) - elsewhere
 
 
 @pytest.mark.parametrize("kind", list(TransferKind))
@@ -111,6 +112,7 @@ def test_accept_error_codes_are_the_documented_strings():
         "invalid_amount",
         "unbalanced",
         "too_many_entries",
+        "validation_error",
     }
 
 

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from ledger_core.domain import limits
 from ledger_core.domain.model import AcceptError, AccountFacts, Leg
-from ledger_core.domain.rules import cashback_amount, check_transaction, debited, reversal_legs
+from ledger_core.domain.rules import (
+    cashback_amount,
+    check_cashback,
+    check_hold_expiry,
+    check_transaction,
+    debited,
+    reversal_legs,
+)
 
 FAST = settings(max_examples=300, deadline=None, database=None)
 amounts = st.integers(1, limits.amount_max)
@@ -21,6 +28,30 @@ basis_points = st.integers(0, limits.basis_points_per_unit)
 
 
 # --- cashback -------------------------------------------------------------------------------
+
+
+@FAST
+@given(st.integers(-(2**63), 2**63), st.none() | st.integers(-(2**63), 2**63))
+def test_a_cashback_is_accepted_only_within_its_bounds(points, delay):
+    within = 0 <= points <= limits.basis_points_per_unit and (
+        delay is None or 1 <= delay <= limits.cashback_delay_seconds_max
+    )
+    assert check_cashback(points, delay) == (None if within else AcceptError.OUT_OF_BOUNDS)
+
+
+@pytest.mark.parametrize(
+    ("expires", "error"),
+    [
+        (None, None),
+        (1, None),
+        (limits.hold_expires_in_seconds_max, None),
+        (0, AcceptError.OUT_OF_BOUNDS),
+        (-5, AcceptError.OUT_OF_BOUNDS),
+        (limits.hold_expires_in_seconds_max + 1, AcceptError.OUT_OF_BOUNDS),
+    ],
+)
+def test_a_hold_expires_within_its_bounds(expires, error):
+    assert check_hold_expiry(expires) == error
 
 
 @FAST

@@ -5,6 +5,7 @@ the books they leave balance."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -320,6 +321,27 @@ def test_a_delayed_cashback_is_neither_captured_nor_voided_by_hand(store, shop):
     expire_due(store)
     post_all(store)
     assert store.hold(hold_id).status == "captured"
+
+
+@pytest.mark.parametrize(
+    "cashback",
+    [
+        CashbackRequest("", -100),
+        CashbackRequest("", limits.basis_points_per_unit + 1),
+        CashbackRequest("", 100, available_after_seconds=-60),
+    ],
+)
+def test_a_cashback_out_of_bounds_is_refused_by_the_core_and_stores_nothing(store, shop, cashback):
+    customer, merchant, rewards = shop
+    cashback = replace(cashback, rewards_account_id=rewards)
+    assert failed(payment(store, customer, merchant, 100, cashback)) == "validation_error"
+    assert kinds_stored(store, "payment") == []
+
+
+def test_a_hold_expiring_in_the_past_is_refused_by_the_core(store, alice, bob):
+    fund(store, alice, 10)
+    assert failed(hold(store, alice, bob, 5, expires_in_seconds=-1)) == "validation_error"
+    assert kinds_stored(store, "hold") == []
 
 
 def test_cashback_from_the_customers_own_account_is_refused(store, shop):
