@@ -103,6 +103,10 @@ class HoldRecord:
     capture_at: datetime | None
     created_at: datetime
 
+    def as_accepted(self) -> HoldRecord:
+        """The hold as its accept response showed it: what an idempotent replay sends."""
+        return replace(self, status="pending", captured_amount=0, action_id=None)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

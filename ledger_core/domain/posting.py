@@ -36,6 +36,7 @@ from ledger_core.domain.model import (
     TransferKind,
     TransferToPost,
 )
+from ledger_core.domain.rules import debited
 
 
 @dataclass
@@ -205,7 +206,7 @@ def _apply(
             status = HoldStatus.VOIDED if transfer.kind is TransferKind.VOID else HoldStatus.EXPIRED
             books.holds[hold.id] = HoldChange(status)
             return Released(transfer.id)
-        books.holds[hold.id] = HoldChange(HoldStatus.CAPTURED, _debited(transfer))
+        books.holds[hold.id] = HoldChange(HoldStatus.CAPTURED, debited(transfer.legs))
     if transfer.reverses_id is not None:
         original = originals.get(transfer.reverses_id)
         if original is None:
@@ -215,10 +216,6 @@ def _apply(
             return Rejected(transfer.id, RejectionReason.REVERSAL_EXCEEDS_ORIGINAL)
         books.reversed[original.id] = reversed_before + transfer.reversal_amount
     return _post_legs(transfer, accounts, books, touched)
-
-
-def _debited(transfer: TransferToPost) -> int:
-    return -sum(leg.amount for leg in transfer.legs if leg.amount < 0)
 
 
 def _spendable(account: AccountState, books: _Books) -> int:

@@ -9,13 +9,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ledger_core.domain import limits
 from ledger_core.domain.access import ApiKey, ApiKeyRecord, Scope, first_not_owned, owner_is_valid
 from ledger_core.domain.currency import validate_custom_currency
 from ledger_core.domain.ids import API_KEY_PREFIX, new_id
 from ledger_core.domain.model import AccountFacts
+from ledger_core.service_layer.clock import Clock, utc_now
 from ledger_core.service_layer.errors import Failure
 from ledger_core.service_layer.ports import UnitOfWorkFactory
 
@@ -23,11 +24,6 @@ SECRET_PREFIX = "lk_"  # noqa: S105 (a prefix that makes leaked keys easy to gre
 secret_entropy_bytes = 32
 # Keys listed per database read by `list_api_keys`.
 api_key_page_size = 200
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def hash_secret(secret: str) -> bytes:

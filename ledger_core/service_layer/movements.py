@@ -9,9 +9,9 @@ by the same posting path as every transfer: nothing here moves money.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ledger_core.domain import limits
@@ -36,6 +36,7 @@ from ledger_core.domain.rules import (
 )
 from ledger_core.service_layer.accept import ACCEPT_ERROR_DETAILS, CACHE_NAMESPACE
 from ledger_core.service_layer.access import not_owned
+from ledger_core.service_layer.clock import Clock, utc_now
 from ledger_core.service_layer.errors import Failure, Response
 from ledger_core.service_layer.idempotency import KEY_REUSED, replay
 from ledger_core.service_layer.ports import (
@@ -56,7 +57,6 @@ from ledger_core.service_layer.reads import (
 )
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], datetime]
 
 TRANSACTION_PREFIX, PAYMENT_PREFIX, HOLD_PREFIX = "txn", "pay", "hold"
 ACTION_PREFIX, REVERSAL_PREFIX = "tr", "rev"
@@ -105,10 +105,6 @@ ERROR_DETAILS = {
         f" {limits.hold_expires_in_seconds_max}."
     ),
 }
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,26 +175,10 @@ def _replayed(uow: UnitOfWork, movement_id: str) -> dict[str, Any]:
     if movement_id.startswith(HOLD_PREFIX + "_"):
         hold = uow.holds.get(movement_id)
         assert hold is not None
-        return _hold_as_accepted(hold).to_json()
+        return hold.as_accepted().to_json()
     movement = uow.transfers.get_movement(movement_id)
     assert movement is not None
     return movement.as_accepted().to_json()
-
-
-def _hold_as_accepted(hold: HoldRecord) -> HoldRecord:
-    return HoldRecord(
-        hold.id,
-        HoldStatus.PENDING.value,
-        hold.source_account_id,
-        hold.destination_account_id,
-        hold.amount,
-        0,
-        hold.currency,
-        None,
-        hold.expires_at,
-        hold.capture_at,
-        hold.created_at,
-    )
 
 
 def _cached(cache: IdempotencyCache, keyed: Keyed) -> Response | Failure | None:
@@ -456,7 +436,6 @@ def accept_hold(
     description: str | None,
     metadata: dict[str, str],
     shards: int = 1,
-    clock: Clock = utc_now,
 ) -> Response | Failure:
     """Reserve `amount` of the source for the destination: posted as a hold that lowers
     the source's available balance and moves nothing, until captured, voided or expired."""

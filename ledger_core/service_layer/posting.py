@@ -38,6 +38,7 @@ from ledger_core.domain.model import (
 from ledger_core.domain.movement_records import EntryView, TransactionRecord
 from ledger_core.domain.posting import post_batch, rejected_hold_changes
 from ledger_core.domain.webhooks import EVENT_PREFIX, EVENT_TYPES, transaction_event_payload
+from ledger_core.service_layer.clock import Clock, utc_now
 from ledger_core.service_layer.errors import StorageRefusedError
 from ledger_core.service_layer.ports import (
     NULL_METRICS,
@@ -54,7 +55,6 @@ from ledger_core.service_layer.ports import (
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Unit = list[ClaimedTransfer]  # a single transfer, or a whole atomic group
 
 
@@ -417,7 +417,7 @@ def wake_stale(
     wake: WakePosting,
     *,
     age_min_seconds: float,
-    clock: Clock = lambda: datetime.now(UTC),
+    clock: Clock = utc_now,
 ) -> dict[int, int]:
     """The sweeper: wake every shard holding claimable PENDING transfers older than
     `age_min_seconds` (a wake-up lost to a broker outage, a crashed worker, a retry that
@@ -436,7 +436,7 @@ def reject_quarantined(
     transfer_id: str,
     *,
     webhook_requeue_after_seconds: float = DEFAULT_OPTIONS.webhook_requeue_after_seconds,
-    clock: Clock = lambda: datetime.now(UTC),
+    clock: Clock = utc_now,
 ) -> list[str]:
     """Give up on a quarantined movement (with its atomic group): rejected as
     `posting_failed`, as the posting rejects anything: its event written, its hold

@@ -14,7 +14,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -30,6 +30,7 @@ from ledger_core.domain.webhooks import (
     secret_rotation_overlap_seconds,
     signing_secrets,
 )
+from ledger_core.service_layer.clock import Clock, utc_now
 from ledger_core.service_layer.errors import Failure
 from ledger_core.service_layer.pagination import Page, read_page
 from ledger_core.service_layer.ports import (
@@ -46,16 +47,11 @@ from ledger_core.service_layer.ports import (
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 ENDPOINT_PREFIX, EVENT_PREFIX, DELIVERY_PREFIX = "we", "evt", "wd"
 # Recording an attempt's outcome after the HTTP call is worth a few quick tries: the
 # receiver already has the event, and an unrecorded success would be sent again.
 record_attempts_max = 5
 lease_token_size_bytes = 16
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_lease_token() -> str:

@@ -102,7 +102,6 @@ def hold(
         expires_in_seconds=expires_in_seconds,
         description=None,
         metadata={},
-        clock=store.now,
     )
 
 
