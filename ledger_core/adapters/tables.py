@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -248,9 +249,12 @@ transfer_legs = Table(
     Column("account_id", Text, ForeignKey("accounts.id"), nullable=False),
     # Signed: negative debits the account.
     Column("amount", BigInteger, nullable=False),
+    # While its movement is PENDING; kept by the trigger transfers_legs_follow_status
+    # (migration 0009), so the index below holds only legs in flight.
+    Column("pending", Boolean, nullable=False, server_default=true()),
     PrimaryKeyConstraint("transfer_id", "leg"),
     CheckConstraint("amount <> 0", name="amount_nonzero"),
-    Index("ix_transfer_legs_account_id", "account_id"),
+    Index("ix_transfer_legs_pending_account_id", "account_id", postgresql_where=text("pending")),
 )
 
 holds = Table(

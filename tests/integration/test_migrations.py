@@ -20,7 +20,10 @@ from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import Settings, normalize_database_url
 from ledger_core.domain import limits
 from ledger_core.domain.access import ApiKey, Scope, first_not_owned
-from ledger_core.domain.model import AccountFacts, TransferKind
+from ledger_core.domain.model import AccountFacts, Leg, TransferKind
+from ledger_core.service_layer import movements, posting
+from ledger_core.service_layer.errors import Response
+from ledger_core.service_layer.ports import NullIdempotencyCache, no_wake
 from tests.support.books import Books
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,13 +60,16 @@ def test_check_detects_drift(scratch_config: Config) -> None:
         command.check(scratch_config)
 
 
-ADD_0008_COLUMNS = (
+# The columns of 0008 and 0009 that today's code writes and reads.
+ADD_LATER_COLUMNS = (
     "ALTER TABLE api_keys ADD COLUMN owner text, ADD COLUMN expires_at timestamptz;"
-    " ALTER TABLE accounts ADD COLUMN owner text"
+    " ALTER TABLE accounts ADD COLUMN owner text;"
+    " ALTER TABLE transfer_legs ADD COLUMN pending boolean NOT NULL DEFAULT true"
 )
-DROP_0008_COLUMNS = (
+DROP_LATER_COLUMNS = (
     "ALTER TABLE api_keys DROP COLUMN owner, DROP COLUMN expires_at;"
-    " ALTER TABLE accounts DROP COLUMN owner"
+    " ALTER TABLE accounts DROP COLUMN owner;"
+    " ALTER TABLE transfer_legs DROP COLUMN pending"
 )
 
 
@@ -96,18 +102,18 @@ def test_upgrading_a_ledger_with_int64_balances_keeps_them_and_widens_them(
     assert column_types() == {("balance", "bigint"), ("balance_after", "bigint")}
     engine = make_engine(Settings(database_url=url))
     try:
-        # Today's code writes and reads the owners of 0008: lend it their columns while it
-        # builds the books, and take them back, so that 0007 (and 0008) run on a ledger
-        # as 0006 left it.
+        # Today's code writes and reads the columns of 0008 and 0009: lend them while it
+        # builds the books, and take them back, so that 0007 (and what follows) run on a
+        # ledger as 0006 left it.
         with psycopg.connect(plain, autocommit=True) as connection:
-            connection.execute(ADD_0008_COLUMNS)
+            connection.execute(ADD_LATER_COLUMNS)
         books = Books(SqlUnitOfWorkFactory(engine))
         alice, bob = books.open_account(), books.open_account()
         books.move(TransferKind.DEPOSIT, None, alice, 700)
         books.move(TransferKind.TRANSFER, alice, bob, 200)
         books.move(TransferKind.DEPOSIT, None, bob, 1000)
         with psycopg.connect(plain, autocommit=True) as connection:
-            connection.execute(DROP_0008_COLUMNS)
+            connection.execute(DROP_LATER_COLUMNS)
         before = books_state()
         assert dict(before[0])[bob] == 1200
         engine.dispose()
@@ -194,5 +200,77 @@ def test_downgrading_below_movements_refuses_while_a_new_kind_exists(
                 "SELECT version_num FROM alembic_version"
             ).fetchone() or (None,)
         assert version == "0006"
+    finally:
+        engine.dispose()
+
+
+def test_pending_legs_are_marked_on_upgrade_and_follow_their_movements_status(
+    scratch_config: Config,
+) -> None:
+    """0009: the legs of a movement pending at the upgrade are marked pending, and from
+    then on every status change flips them, whichever statement makes it; an account's
+    pending amounts come from those legs alone."""
+    command.upgrade(scratch_config, "head")
+    url = scratch_config.attributes["database_url"]
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    engine = make_engine(Settings(database_url=url))
+    uow_factory = SqlUnitOfWorkFactory(engine)
+
+    def legs_pending() -> dict[str, list[bool]]:
+        with psycopg.connect(plain) as connection:
+            rows = connection.execute(
+                "SELECT transfer_id, pending FROM transfer_legs ORDER BY transfer_id, leg"
+            ).fetchall()
+        found: dict[str, list[bool]] = {}
+        for transfer_id, pending in rows:
+            found.setdefault(transfer_id, []).append(pending)
+        return found
+
+    def pending_of(account_id: str) -> tuple[int, int]:
+        with uow_factory() as uow:
+            record = uow.accounts.get(account_id)
+        assert record is not None
+        return record.pending_in, record.pending_out
+
+    try:
+        books = Books(uow_factory)
+        alice, bob = books.open_account(), books.open_account()
+        books.move(TransferKind.DEPOSIT, None, alice, 100)
+
+        def split(amount: int) -> str:
+            response = movements.accept_transaction(
+                uow_factory,
+                NullIdempotencyCache(),
+                no_wake,
+                keyed=movements.Keyed(books.key, secrets.token_hex(8), "h"),
+                legs=[Leg(alice, -amount), Leg(bob, amount)],
+                description=None,
+                metadata={},
+                effective_at=None,
+            )
+            assert isinstance(response, Response), response
+            return str(response.body["id"])
+
+        posted, waiting = split(30), split(20)
+        posting.post_transfers(uow_factory, [posted])
+        engine.dispose()
+        # Down and up again: the migration marks the legs of the pending one only.
+        command.downgrade(scratch_config, "0008")
+        command.upgrade(scratch_config, "head")
+        assert legs_pending() == {posted: [False, False], waiting: [True, True]}
+        assert pending_of(bob) == (20, 0) and pending_of(alice) == (0, 20)
+
+        # Quarantined, requeued, then posted: the legs follow each change.
+        with psycopg.connect(plain, autocommit=True) as connection:
+            connection.execute(
+                "UPDATE transfers SET status = 'quarantined', posting_error = 'test' WHERE id = %s",
+                (waiting,),
+            )
+            assert legs_pending()[waiting] == [False, False]
+            connection.execute("UPDATE transfers SET status = 'pending' WHERE id = %s", (waiting,))
+        assert legs_pending()[waiting] == [True, True]
+        posting.post_transfers(uow_factory, [waiting])
+        assert legs_pending()[waiting] == [False, False]
+        assert pending_of(bob) == (0, 0) and pending_of(alice) == (0, 0)
     finally:
         engine.dispose()
