@@ -219,19 +219,29 @@ def books(uow_factory: Any) -> Iterator[None]:
     assert violations == {}
 
 
-def wait_final(engine: Engine, transfer_ids: list[str]) -> dict[str, str]:
+def statuses_of(engine: Engine, transfer_ids: list[str]) -> dict[str, str]:
+    """id -> status of those of these transfers that exist."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"), {"ids": transfer_ids}
+        )
+        return {row.id: row.status for row in rows}
+
+
+def wait_final(
+    engine: Engine,
+    transfer_ids: list[str],
+    timeout_seconds: float = final_wait_timeout_seconds,
+) -> dict[str, str]:
     """Wait (bounded) until every transfer left PENDING; return id -> status."""
-    deadline = time.monotonic() + final_wait_timeout_seconds
+    deadline = time.monotonic() + timeout_seconds
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"),
-                {"ids": transfer_ids},
-            )
-            statuses = {row.id: row.status for row in rows}
+        statuses = statuses_of(engine, transfer_ids)
         if len(statuses) == len(set(transfer_ids)) and "pending" not in statuses.values():
             return statuses
         time.sleep(0.2)
-    pending = [i for i, s in statuses.items() if s == "pending"]
-    raise AssertionError(f"{len(pending)} transfers still pending: {pending[:5]}")
+    pending = sorted(i for i, s in statuses.items() if s == "pending")
+    raise AssertionError(
+        f"{len(pending)} transfers still pending after {timeout_seconds} s: {pending[:5]}"
+    )

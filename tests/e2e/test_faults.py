@@ -4,16 +4,15 @@ workers SIGKILLed 20 times still post each of 3,000 transfers exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,12 @@ from devstack import create_database
 from ledger_core.adapters.sql import SqlUnitOfWorkFactory
 from ledger_core.config import normalize_database_url
 from ledger_core.service_layer.access import Scope, create_api_key
-from tests.conftest import TEST_SWEEPER_PENDING_AGE_MIN_SECONDS
+from tests.conftest import TEST_SWEEPER_PENDING_AGE_MIN_SECONDS, statuses_of, wait_final
 from tests.e2e.helpers import deposit, new_key, open_account, post_money
 from tests.support.processes import (
     ManagedWorker,
     Process,
+    run_ledger,
     start_api,
     start_beat,
     start_worker,
@@ -43,7 +43,6 @@ from tests.support.stack import RestartableStack
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-LEDGER = str(Path(sys.executable).parent / "ledger")
 PROBLEM_JSON = "application/problem+json"
 
 # Small posting transactions, so that a drain of a hundred transfers is a dozen commits a
@@ -66,9 +65,11 @@ warm_up_timeout_seconds = 20.0
 pg_outage_seconds = 3.0
 redis_outage_seconds = 2.5
 recovery_timeout_seconds = 30.0
+# How soon after PostgreSQL is back the API accepts again: its pool reconnects on the
+# next request, well within this.
+recovery_seconds_max = 10.0
 after_recovery_seconds = 1.0
 final_timeout_seconds = 60.0
-final_poll_seconds = 0.2
 reconcile_timeout_seconds = 60
 # Kills: 3,000 transfers in batches, the worker's process group SIGKILLed 20 times.
 kills_total = 20
@@ -77,6 +78,10 @@ chunk_size = 100
 kill_accounts = 10
 kill_wait_timeout_seconds = 20.0
 kill_poll_seconds = 0.005
+kill_polls_max = int(kill_wait_timeout_seconds / kill_poll_seconds)
+# Kills that found work still PENDING right after them, at the least: the rest may have
+# caught the worker as it posted its last batch.
+kills_mid_work_min = 3 * kills_total // 4
 
 
 @dataclass
@@ -139,13 +144,12 @@ def rig(process_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         started.append(api)
         yield Rig(stack, env, engine, api, api_url, admin_key, housekeeping, beat, worker)
     finally:
-        for thing in reversed(started):
-            if isinstance(thing, Engine):
-                thing.dispose()
-            else:
-                thing.stop()
-        stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        # Last in, first out, and every one of them even if an earlier one raises.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(shutil.rmtree, data_dir, ignore_errors=True)
+            cleanup.callback(stack.stop)
+            for thing in started:
+                cleanup.callback(thing.dispose if isinstance(thing, Engine) else thing.stop)
 
 
 # --------------------------------------------------------------------------- load
@@ -293,29 +297,6 @@ def lanes_of(client: httpx.Client, engine: Engine, count: int) -> list[tuple[str
     return pairs
 
 
-def wait_final(
-    engine: Engine, transfer_ids: list[str], timeout_seconds: float = final_timeout_seconds
-) -> dict[str, str]:
-    """Bounded wait until no transfer of these is PENDING; id -> status."""
-    deadline = time.monotonic() + timeout_seconds
-    statuses: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        statuses = statuses_of(engine, transfer_ids)
-        if len(statuses) == len(set(transfer_ids)) and "pending" not in statuses.values():
-            return statuses
-        time.sleep(final_poll_seconds)
-    pending = sorted(i for i, s in statuses.items() if s == "pending")
-    raise AssertionError(f"{len(pending)} still pending after {timeout_seconds} s: {pending[:5]}")
-
-
-def statuses_of(engine: Engine, transfer_ids: list[str]) -> dict[str, str]:
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"), {"ids": transfer_ids}
-        )
-        return {row.id: row.status for row in rows}
-
-
 def assert_posted_exactly_once(engine: Engine, amounts: dict[str, int]) -> None:
     """Each transfer is posted with exactly its two entries: -amount and +amount."""
     with engine.connect() as connection:
@@ -370,16 +351,40 @@ def assert_balances(engine: Engine, expected: dict[str, int]) -> None:
 
 
 def assert_reconcile_clean(rig: Rig) -> None:
-    result = subprocess.run(
-        [LEDGER, "reconcile", "--pending-age-max-seconds", "60"],
+    result = run_ledger(
+        "reconcile",
+        "--pending-age-max-seconds",
+        "60",
         env=rig.env,
-        capture_output=True,
-        text=True,
-        timeout=reconcile_timeout_seconds,
-        check=False,
+        timeout_seconds=reconcile_timeout_seconds,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
+
+
+Move = tuple[str | None, str, int]  # (source or None for a deposit, destination, amount)
+
+
+def check_books(
+    rig: Rig,
+    amounts: dict[str, int],
+    pairs: list[tuple[str, str]],
+    funded: set[str],
+    moves: Iterable[Move],
+) -> None:
+    """Each transfer posted once, nothing else on these accounts but their funding, the
+    balances the moves make from funded sources and empty destinations, reconcile clean."""
+    wait_final(rig.engine, list(amounts), final_timeout_seconds)
+    assert_posted_exactly_once(rig.engine, amounts)
+    accounts = [account for pair in pairs for account in pair]
+    assert_only_these_transfers(rig.engine, accounts, set(amounts) | funded)
+    expected = {source: funding_amount for source, _ in pairs} | {d: 0 for _, d in pairs}
+    for source, destination, amount in moves:
+        if source is not None:
+            expected[source] -= amount
+        expected[destination] += amount
+    assert_balances(rig.engine, expected)
+    assert_reconcile_clean(rig)
 
 
 def check_load_books(rig: Rig, load: Load, lanes: list[tuple[str, str]], funded: set[str]) -> None:
@@ -387,20 +392,15 @@ def check_load_books(rig: Rig, load: Load, lanes: list[tuple[str, str]], funded:
     assert [op.key for op in load.ops if op.transfer_id is None] == []
     amounts = {op.transfer_id: op.body["amount"] for op in load.ops if op.transfer_id}
     assert len(amounts) == len(load.ops)
-    wait_final(rig.engine, list(amounts))
-    assert_posted_exactly_once(rig.engine, amounts)
-    accounts = [account for lane in lanes for account in lane]
-    assert_only_these_transfers(rig.engine, accounts, set(amounts) | funded)
-    expected = {source: funding_amount for source, _ in lanes} | {d: 0 for _, d in lanes}
-    for op in load.ops:
-        amount = op.body["amount"]
-        if "account_id" in op.body:
-            expected[op.body["account_id"]] += amount
-        else:
-            expected[op.body["source_account_id"]] -= amount
-            expected[op.body["destination_account_id"]] += amount
-    assert_balances(rig.engine, expected)
-    assert_reconcile_clean(rig)
+    moves: list[Move] = [
+        (
+            op.body.get("source_account_id"),
+            op.body.get("account_id") or op.body["destination_account_id"],
+            op.body["amount"],
+        )
+        for op in load.ops
+    ]
+    check_books(rig, amounts, lanes, funded, moves)
 
 
 def funding_ids(engine: Engine, lanes: list[tuple[str, str]]) -> set[str]:
@@ -466,7 +466,7 @@ def test_postgresql_restarted_under_load_answers_503_then_recovers_and_posts_onc
         (409, "idempotency_key_in_use"),
     }, [a for a in attempts if a.status not in (202, 503, 409)][:5]
     assert max(a.seconds for a in attempts) < response_seconds_max
-    assert recovered - up < recovery_timeout_seconds
+    assert recovered - up < recovery_seconds_max
     # Recovered by reconnecting, not by restarting: the same API processes answer.
     assert family_pids(rig.api) == api_pids
     assert rig.worker.current.popen.poll() is None
@@ -477,26 +477,25 @@ def housekeeping_log_since(rig: Rig, offset: int) -> str:
     return rig.housekeeping.log_path.read_bytes()[offset:].decode(errors="replace")
 
 
+def pids_of_processes(rig: Rig) -> dict[str, set[int]]:
+    """Each long-running process's PID with its children's, by name."""
+    return {
+        "worker": family_pids(rig.worker.current),
+        "housekeeping": family_pids(rig.housekeeping),
+        "beat": family_pids(rig.beat),
+        "api": family_pids(rig.api),
+    }
+
+
 def test_valkey_restarted_with_append_only_file_loses_no_accepted_transfer(rig: Rig) -> None:
-    valkey = redis.Redis.from_url(rig.stack.redis_url)
-    try:
+    with redis.Redis.from_url(rig.stack.redis_url) as valkey:
         assert valkey.config_get("appendonly") == {"appendonly": "yes"}
         marker = secrets.token_hex(8)
         valkey.set("faults:marker", marker)
-    finally:
-        valkey.close()
     with rig.client() as client:
         lanes = lanes_of(client, rig.engine, load_lanes)
     funded = funding_ids(rig.engine, lanes)
-    processes = {
-        name: family_pids(process)
-        for name, process in [
-            ("worker", rig.worker.current),
-            ("housekeeping", rig.housekeeping),
-            ("beat", rig.beat),
-            ("api", rig.api),
-        ]
-    }
+    processes = pids_of_processes(rig)
     log_offset = rig.housekeeping.log_path.stat().st_size
     try:
         with Load(rig, lanes) as load:
@@ -534,18 +533,9 @@ def test_valkey_restarted_with_append_only_file_loses_no_accepted_transfer(rig: 
     recovered = time.monotonic() - up
     assert "sweeper woke posting" in housekeeping_log_since(rig, log_offset)
     # The same processes reconnected: none was restarted.
-    for name, process in [
-        ("worker", rig.worker.current),
-        ("housekeeping", rig.housekeeping),
-        ("beat", rig.beat),
-        ("api", rig.api),
-    ]:
-        assert family_pids(process) == processes[name], name
-    valkey = redis.Redis.from_url(rig.stack.redis_url)
-    try:
+    assert pids_of_processes(rig) == processes
+    with redis.Redis.from_url(rig.stack.redis_url) as valkey:
         assert valkey.get("faults:marker") == marker.encode()
-    finally:
-        valkey.close()
     check_load_books(rig, load, lanes, funded)
 
     # And the wake-up path works again: a new deposit posts before any sweep could see it.
@@ -610,7 +600,7 @@ def test_posting_workers_sigkilled_20_times_post_3000_transfers_exactly_once(rig
             submit()
             # Kill once this worker has posted some, with some still to post.
             deadline = time.monotonic() + kill_wait_timeout_seconds
-            while True:
+            for _ in range(kill_polls_max):
                 assert time.monotonic() < deadline, f"no kill {len(kills) + 1} in time"
                 posted, pending = counts()
                 if pending == 0:
@@ -620,9 +610,13 @@ def test_posting_workers_sigkilled_20_times_post_3000_transfers_exactly_once(rig
                 if posted > posted_before:
                     break
                 time.sleep(kill_poll_seconds)
+            else:
+                raise AssertionError(f"no kill {len(kills) + 1} in {kill_polls_max} polls")
             assert worker.popen.poll() is None, "the worker died before its kill"
             assert worker.children(), "the worker has no pool processes"
             os.killpg(worker.pid, signal.SIGKILL)
+            # Measured after the kill, not before: what the dead worker left to the next.
+            posted, pending = counts()
             kills.append(Kill(worker.pid, posted, pending))
             kills[-1].returncode = rig.worker.restart(signal.SIGKILL)
         killing_seconds = time.monotonic() - started
@@ -632,9 +626,10 @@ def test_posting_workers_sigkilled_20_times_post_3000_transfers_exactly_once(rig
     assert len(kills) == kills_total
     assert {kill.returncode for kill in kills} == {-signal.SIGKILL}
     assert len({kill.pid for kill in kills}) == kills_total
-    assert all(kill.pending > 0 and kill.posted > 0 for kill in kills)
+    assert all(kill.posted > 0 for kill in kills)
+    assert sum(kill.pending > 0 for kill in kills) >= kills_mid_work_min, kills
     assert len(amounts) == transfers_total
-    statuses = wait_final(rig.engine, list(amounts))
+    statuses = wait_final(rig.engine, list(amounts), final_timeout_seconds)
     assert set(statuses.values()) == {"posted"}
     assert_posted_exactly_once(rig.engine, amounts)
     with rig.engine.connect() as connection:
@@ -643,14 +638,8 @@ def test_posting_workers_sigkilled_20_times_post_3000_transfers_exactly_once(rig
             {"ids": list(amounts)},
         )
     assert entries == 2 * transfers_total
-    accounts = [account for pair in pairs for account in pair]
-    assert_only_these_transfers(rig.engine, accounts, set(amounts) | funded)
-    expected = {source: funding_amount for source in sources} | {d: 0 for _, d in pairs}
-    for item in plan:
-        expected[item["source_account_id"]] -= item["amount"]
-        expected[item["destination_account_id"]] += item["amount"]
-    assert_balances(rig.engine, expected)
-    assert_reconcile_clean(rig)
+    moves = [(i["source_account_id"], i["destination_account_id"], i["amount"]) for i in plan]
+    check_books(rig, amounts, pairs, funded, moves)
     print(
         f"{kills_total} kills in {killing_seconds:.1f} s; pending at each kill:"
         f" {[kill.pending for kill in kills]}"

@@ -4,11 +4,8 @@ meanwhile the sweeper keeps posting newer transfers whose wake-up was lost."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +16,9 @@ from ledger_core.config import Settings
 from ledger_core.service_layer.reconcile import reconcile
 from tests.conftest import TEST_POSTING_ATTEMPTS_MAX, wait_final
 from tests.e2e.helpers import deposit, open_account
-from tests.support.processes import free_port
+from tests.support.processes import free_port, run_ledger
 
 pytestmark = [pytest.mark.e2e]
-LEDGER = str(Path(sys.executable).parent / "ledger")
 quarantine_wait_timeout_seconds = 60
 
 
@@ -112,14 +108,7 @@ def test_a_transfer_that_never_posts_is_quarantined_and_the_sweeper_still_sweeps
     # The cause is fixed; an operator gives it back to posting, and it posts.
     with engine.begin() as connection:
         connection.execute(text("DROP TRIGGER test_poison ON entries"))
-    released = subprocess.run(
-        [LEDGER, "transfers", "release", poisoned],
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    released = run_ledger("transfers", "release", poisoned, env=process_env)
     assert released.returncode == 0, released.stderr
     assert wait_final(engine, [poisoned]) == {poisoned: "posted"}
     assert client.get(f"/v1/accounts/{poisoned_account}").json()["balance"]["posted"] == 5
@@ -138,14 +127,7 @@ def test_an_operator_can_give_up_on_a_quarantined_transfer(
     while time.monotonic() < deadline and _row(engine, poisoned).status != "quarantined":
         time.sleep(0.2)
     assert _row(engine, poisoned).status == "quarantined"
-    rejected = subprocess.run(
-        [LEDGER, "transfers", "reject", poisoned],
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    rejected = run_ledger("transfers", "reject", poisoned, env=process_env)
     assert rejected.returncode == 0, rejected.stderr
     transfer = client.get(f"/v1/transfers/{poisoned}").json()
     assert (transfer["status"], transfer["rejection_reason"]) == ("rejected", "posting_failed")

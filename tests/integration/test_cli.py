@@ -3,30 +3,19 @@ lists them without their secrets, revokes them, and adds custom currencies."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ledger_core.domain.access import Scope
 from ledger_core.service_layer.access import authenticate, create_api_key
-
-LEDGER = str(Path(sys.executable).parent / "ledger")
+from tests.support.processes import run_ledger
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LEDGER, *args],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_ledger(*args, database_url=database_url)
 
 
 def test_api_keys_create_prints_the_key_alone(database_url: str, uow_factory: Any) -> None:

@@ -53,4 +53,5 @@ def test_entries_page_in_id_order_when_created_at_disagrees(
         cursor = page.next_cursor
         if cursor is None:
             break
+    assert cursor is None, "the last page still pointed further"
     assert seen == [f"ent_{i}" for i in ids]

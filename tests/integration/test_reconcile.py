@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ from ledger_core.service_layer import movements, posting, webhooks
 from ledger_core.service_layer.errors import Response
 from ledger_core.service_layer.ports import NullIdempotencyCache
 from tests.support.books import Books
+from tests.support.processes import run_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
-LEDGER = str(Path(sys.executable).parent / "ledger")
 
 
 class AllowAll:
@@ -113,14 +111,7 @@ def _movements(uow_factory: Any, made: Books, alice: str, bob: str, moved: str) 
 
 
 def reconcile(url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LEDGER, "reconcile", "--pending-age-max-seconds", "60"],
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_ledger("reconcile", "--pending-age-max-seconds", "60", database_url=url)
 
 
 def corrupt(plain_url: str, *statements: str, **params: Any) -> None:

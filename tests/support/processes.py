@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import psutil
@@ -19,6 +20,31 @@ VENV_BIN = Path(sys.executable).parent
 start_timeout_seconds = 60
 stop_timeout_seconds = 15
 worker_grace_period_seconds = 75
+
+
+LEDGER = str(VENV_BIN / "ledger")
+ledger_cli_timeout_seconds = 60
+
+
+def run_ledger(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    database_url: str | None = None,
+    timeout_seconds: float = ledger_cli_timeout_seconds,
+) -> subprocess.CompletedProcess[str]:
+    """The `ledger` CLI as an operator runs it: in `env` (this process's by default), on
+    `database_url` if given; its output captured, its exit code left to the caller."""
+    environment = dict(os.environ if env is None else env)
+    if database_url is not None:
+        environment["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [LEDGER, *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout_seconds,
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -46,14 +72,20 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
     def wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Wait (bounded) until `ready()`; a process that never gets there is stopped
+        before the error is raised, so that no caller leaves it running."""
         deadline = time.monotonic() + start_timeout_seconds
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+                self._give_up("exited early")
             if ready():
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name}: {what} not reached:\n{self.log_text()[-4000:]}")
+        self._give_up(f"{what} not reached")
+
+    def _give_up(self, why: str) -> NoReturn:
+        self.stop()
+        raise RuntimeError(f"{self.name}: {why}:\n{self.log_text()[-4000:]}")
 
     def stop(
         self, sig: int = signal.SIGTERM, timeout_seconds: float = stop_timeout_seconds

@@ -92,10 +92,13 @@ class RestartableStack:
 
     def stop(self) -> None:
         """Stop whichever servers are still running, by their PIDs."""
-        if self.redis_running:
-            with contextlib.suppress(ProcessLookupError):
-                self.stop_valkey(signal.SIGTERM)
-        if self.pg_running:
-            # Stack.stop checks the PIDs still belong to this data dir before it signals them.
-            self._stack.stop()
-            self.pg_running = False
+        try:
+            if self.redis_running:
+                with contextlib.suppress(ProcessLookupError):
+                    self.stop_valkey(signal.SIGTERM)
+        finally:
+            if self.pg_running:
+                # Stack.stop checks the PIDs still belong to this data dir before it
+                # signals them.
+                self._stack.stop()
+                self.pg_running = False
