@@ -17,7 +17,14 @@ from typing import Any
 from ledger_core.domain import limits
 from ledger_core.domain.access import ApiKey, Scope
 from ledger_core.domain.ids import new_id
-from ledger_core.domain.model import AcceptError, AccountFacts, HoldStatus, Leg, TransferKind
+from ledger_core.domain.model import (
+    AcceptError,
+    AccountFacts,
+    HoldState,
+    HoldStatus,
+    Leg,
+    TransferKind,
+)
 from ledger_core.domain.movement_records import (
     EntryView,
     HoldRecord,
@@ -244,8 +251,13 @@ def _first_debited(legs: Sequence[Leg]) -> str:
 
 
 def _debited_accounts(legs: Sequence[Leg], facts: dict[str, AccountFacts]) -> list[AccountFacts]:
-    """Every account a negative leg takes money from, in leg order."""
-    return [facts[leg.account_id] for leg in legs if leg.amount < 0]
+    """Every account the legs take money from on the whole, in order of first leg: the
+    refund of a payment with cashback takes the cashback back from a customer it refunds
+    more, and that customer is not debited."""
+    net: dict[str, int] = {}
+    for leg in legs:
+        net[leg.account_id] = net.get(leg.account_id, 0) + leg.amount
+    return [facts[account_id] for account_id, amount in net.items() if amount < 0]
 
 
 # ----------------------------------------------------------------------------- transactions
@@ -643,36 +655,34 @@ def _reversible(original: TransactionRecord, amount: int | None) -> int | Failur
     return wanted
 
 
-def _with_pending_reversals(uow: UnitOfWork, original: TransactionRecord) -> TransactionRecord:
-    """The original with what its pending reversals take back counted as reversed, read
-    under its row lock, so concurrent reversals see one another: the one that takes the
-    rest is known (and voids a delayed cashback), and none is accepted beyond the
-    original. Locks in posting's order: the payment's cashback hold, then the original."""
+def _with_pending_reversals(
+    uow: UnitOfWork, original: TransactionRecord
+) -> tuple[TransactionRecord, HoldState | None]:
+    """A posted original with what its pending reversals take back counted as reversed,
+    read under its row lock, so concurrent reversals see one another: the one that takes
+    the rest is known (and voids a delayed cashback), and none is accepted beyond the
+    original. Also a payment's cashback hold, locked first: posting's order (holds, then
+    originals). Only for a posted original: a pending payment's posting holds its own row
+    and then takes its hold, the other way round."""
+    assert original.status == "posted", "only a posted movement is reversed"
+    hold: HoldState | None = None
     if original.kind == TransferKind.PAYMENT:
         payment = uow.payments.get(original.id)
         if payment is not None and payment.cashback_hold_id is not None:
-            uow.holds.lock([payment.cashback_hold_id])
+            hold = uow.holds.lock([payment.cashback_hold_id]).get(payment.cashback_hold_id)
     locked = uow.transfers.lock_originals([original.id])[original.id]
-    return replace(
-        original, reversed_amount=locked.reversed_amount + uow.transfers.reversing(original.id)
-    )
+    reversed_amount = locked.reversed_amount + uow.transfers.reversing(original.id)
+    return replace(original, reversed_amount=reversed_amount), hold
 
 
 def _void_pending_cashback(
-    uow: UnitOfWork, original: TransactionRecord, reversal: NewTransfer
+    uow: UnitOfWork, original: TransactionRecord, hold: HoldState | None, reversal: NewTransfer
 ) -> NewTransfer | None:
-    """The void of a payment's delayed cashback, when a reversal takes back the rest of
-    the payment before that cashback was paid: posted with the reversal, all or nothing
-    (rejected with it, the hold is given back and the cashback paid when due)."""
-    if original.kind != TransferKind.PAYMENT or reversal.reversal_amount != (
-        original.amount - original.reversed_amount
-    ):
-        return None
-    payment = uow.payments.get(original.id)
-    if payment is None or payment.cashback_hold_id is None:
-        return None
-    hold = uow.holds.get(payment.cashback_hold_id)
-    if hold is None:
+    """The void of a payment's delayed cashback (`hold`, locked), when a reversal takes
+    back the rest of the payment before that cashback was paid: posted with the reversal,
+    all or nothing (rejected with it, the hold is given back and the cashback paid when
+    due)."""
+    if hold is None or reversal.reversal_amount != original.amount - original.reversed_amount:
         return None
     void = NewTransfer(
         id=new_id(ACTION_PREFIX),
@@ -680,7 +690,7 @@ def _void_pending_cashback(
         source_account_id=hold.source_account_id,
         destination_account_id=hold.destination_account_id,
         amount=hold.amount,
-        currency=hold.currency,
+        currency=original.currency,
         description=f"cashback of {original.id}, refunded",
         metadata={},
         shard=reversal.shard,
@@ -716,8 +726,13 @@ def reverse(
         original = uow.transfers.get_movement(original_id)
         if original is None or TransferKind(original.kind) not in of.kinds:
             return of.not_found
-        original = _with_pending_reversals(uow, original)
+        # Unlocked first: what it refuses (not posted, not reversible, too much) it refuses
+        # under the lock too, as reversed amounts only grow.
         wanted = _reversible(original, amount)
+        hold: HoldState | None = None
+        if not isinstance(wanted, Failure):
+            original, hold = _with_pending_reversals(uow, original)
+            wanted = _reversible(original, amount)
         if isinstance(wanted, Failure):
             # What is left may be gone because this very request's reversal took it:
             # a retry (its cached answer expired) gets that reversal, not a refusal.
@@ -749,7 +764,7 @@ def reverse(
             reverses_id=original_id,
             reversal_amount=wanted,
         )
-        void = _void_pending_cashback(uow, original, reversal)
+        void = _void_pending_cashback(uow, original, hold, reversal)
         if void is None:
             reversal = replace(reversal, group_id=None)
         stored = _store(uow, keyed, reversal, members=[] if void is None else [void])

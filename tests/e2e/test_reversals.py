@@ -75,11 +75,14 @@ def test_concurrent_partial_reversals_never_exceed_the_original(
     ids = [i for status, i in results if status == 202 and i is not None]
     statuses = wait_final(engine, ids)
     posted = sum(status == "posted" for status in statuses.values())
-    # 14 reversals of 7 fit in 100; the 15th would make 105.
+    # 14 reversals of 7 fit in 100; the 15th would make 105. Accepted one at a time under
+    # the original's lock, counting those still pending: no 15th is even accepted.
+    assert len(ids) == 14
     assert posted == 14
     assert client.get(f"/v1/transactions/{original['id']}").json()["reversed_amount"] == 98
     assert balance(client, payer["id"])["posted"] == 98
     rejected = [i for i, s in statuses.items() if s == "rejected"]
+    assert rejected == []
     for rejected_id in rejected:
         body = client.get(f"/v1/transactions/{rejected_id}").json()
         assert body["rejection_reason"] == "reversal_exceeds_original"

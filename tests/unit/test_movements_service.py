@@ -308,6 +308,18 @@ def test_refunds_that_add_up_while_pending_still_void_the_delayed_cashback(store
     assert broken_rules(store) == {}
 
 
+def test_a_pending_payment_is_refused_without_locking_its_hold_or_itself(store, shop):
+    # Its posting holds the payment's row, then takes the hold: locking them the other
+    # way round here would deadlock against it.
+    customer, merchant, rewards = shop
+    cashback = CashbackRequest(rewards, 200, available_after_seconds=3600)
+    body = accepted(payment(store, customer, merchant, 500, cashback))
+    store.calls.clear()
+    assert failed(reverse(store, body["id"])) == "not_reversible"
+    assert "holds.lock" not in store.calls
+    assert "transfers.lock_originals" not in store.calls
+
+
 def test_a_delayed_cashback_is_neither_captured_nor_voided_by_hand(store, shop):
     customer, merchant, rewards = shop
     cashback = CashbackRequest(rewards, 200, available_after_seconds=3600)
@@ -483,7 +495,9 @@ def test_reversals_stored_past_the_accept_check_post_only_within_the_original(
 ):
     # As if the accept check had not seen the other (a release before it counted pending
     # reversals): the posting re-checks under the original's lock.
-    monkeypatch.setattr(movements, "_with_pending_reversals", lambda uow, original: original)
+    monkeypatch.setattr(
+        movements, "_with_pending_reversals", lambda uow, original: (original, None)
+    )
     first = accepted(reverse(store, paid, 60))["id"]
     second = accepted(reverse(store, paid, 60))["id"]
     post_all(store)

@@ -168,7 +168,7 @@ def test_a_batch_with_one_item_debiting_another_owner_stores_nothing(store, ann,
 # --- transactions, payments, holds, reversals ----------------------------------------------
 
 
-def test_a_transaction_is_refused_for_any_negative_leg_on_another_owners_account(
+def test_a_transaction_is_refused_for_any_account_of_another_owner_it_debits(
     store, ann, anns, bens
 ):
     before = stored(store)
@@ -225,6 +225,23 @@ def test_a_reversal_debits_what_the_original_credited(store, ann, ben, anns, ben
     refused(reverse(store, moved, 10, api_key=ann, key="r"), bens)
     assert stored(store) == before
     accepted(reverse(store, moved, 10, api_key=ben, key="r"))
+
+
+def test_a_refund_of_a_payment_with_cashback_debits_the_merchant_not_the_refunded_customer(
+    store, ann, ben, anns
+):
+    # The refund takes back the customer's 10 of cashback while giving it 100: on the
+    # whole the customer gains, and only the merchant is debited.
+    rewards = new_account(store, api_key=ann)
+    fund(store, rewards, 100)
+    shop = new_account(store, api_key=ben)
+    paid = accepted(payment(store, anns, shop, 100, CashbackRequest(rewards, 1000), api_key=ann))
+    post_all(store)
+    refused(reverse(store, paid["id"], api_key=key_of(store, "cat"), key="r"), shop)
+    refund = accepted(reverse(store, paid["id"], api_key=ben))
+    assert sorted((e["account_id"], e["amount"]) for e in refund["entries"]) == sorted(
+        [(anns, 100), (shop, -100), (anns, -10), (rewards, 10)]
+    )
 
 
 def test_the_reversal_of_a_withdrawal_debits_the_system_account_as_a_deposit_does(
